@@ -1,0 +1,280 @@
+// Apply: validate everything, then write. See dws/patch.h for the contract and apply/journal.h for the
+// crash-safety protocol of the in-place path.
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+#include "apply/journal.h"
+#include "codec/peer_codecs.h"
+#include "dws/patch.h"
+#include "patch/patch_internal.h"
+
+namespace dws {
+
+namespace {
+
+Status base_mismatch(const std::string& msg) { return make_error(ErrorCode::kBaseMismatch, msg); }
+
+template <size_t W>
+void scatter_fixed(std::byte* dst, std::span<const uint64_t> positions, const std::byte* values) {
+  for (uint64_t p : positions) {
+    std::memcpy(dst + p * W, values, W);
+    values += W;
+  }
+}
+
+// Positions were validated against the tensor's element count by the decoder.
+void scatter(std::span<std::byte> dst, size_t w, std::span<const uint64_t> positions, std::span<const std::byte> values) {
+  switch (w) {
+    case 1: scatter_fixed<1>(dst.data(), positions, values.data()); break;
+    case 2: scatter_fixed<2>(dst.data(), positions, values.data()); break;
+    case 4: scatter_fixed<4>(dst.data(), positions, values.data()); break;
+    default: scatter_fixed<8>(dst.data(), positions, values.data()); break;
+  }
+}
+
+codec::DecodeParams decode_params(const PatchTensor& t) {
+  return {t.encoding, t.dtype, t.numel(), t.changes, t.index_dtype};
+}
+
+// Checks the patch against the base and returns the fully specified target layout. Reads the whole base
+// once (tensor digests); writes nothing.
+Result<CheckpointLayout> prepare(const Checkpoint& base, const Patch& patch, size_t threads) {
+  const PatchHeader& h = patch.header();
+  DWS_RETURN_IF_ERROR(patch.verify_payload_hashes(threads));
+  const std::vector<Digest128> digests = tensor_digests(base, threads);
+  auto digest_of = [&](const CheckpointTensor* t) { return digests[static_cast<size_t>(t - base.tensors().data())]; };
+
+  // Per-tensor checks first: they name the tensor that does not match.
+  for (const PatchTensor& t : h.tensors) {
+    const CheckpointTensor* b = base.find(t.name);
+    if (t.change == TensorChange::kAdded) {
+      if (b) return base_mismatch("tensor '" + t.name + "': the patch adds it, but the base already has it");
+      continue;
+    }
+    if (!b) return base_mismatch("tensor '" + t.name + "': not in the base");
+    if (t.change == TensorChange::kModified && (b->dtype != t.dtype || b->shape != t.shape)) {
+      return base_mismatch("tensor '" + t.name + "': base is " + std::string(dtype_name(b->dtype)) + " " +
+                           shape_string(b->shape) + ", patch expects " + std::string(dtype_name(t.dtype)) + " " +
+                           shape_string(t.shape));
+    }
+    if (digest_of(b) != *t.base_digest) {
+      return base_mismatch("tensor '" + t.name + "': base digest " + digest_hex(digest_of(b)) + " != expected " +
+                           digest_hex(*t.base_digest));
+    }
+  }
+  for (const PatchRemoved& r : h.removed) {
+    const CheckpointTensor* b = base.find(r.name);
+    if (!b) return base_mismatch("tensor '" + r.name + "': the patch removes it, but it is not in the base");
+    if (digest_of(b) != r.base_digest) {
+      return base_mismatch("tensor '" + r.name + "': base digest " + digest_hex(digest_of(b)) + " != expected " +
+                           digest_hex(r.base_digest));
+    }
+  }
+  const Digest128 base_state = state_digest(base.tensors(), digests);
+  if (base_state != h.base_state_digest) {
+    return base_mismatch("base state digest " + digest_hex(base_state) + " != expected " + digest_hex(h.base_state_digest) +
+                         " (a tensor the patch does not touch differs, or the base has extra tensors)");
+  }
+
+  // Complete the target layout from the base and check it accounts for every tensor.
+  CheckpointLayout layout = h.target_layout;
+  std::vector<NamedTensorDigest> target;
+  size_t carried_from_base = 0;
+  for (auto& shard : layout.shards) {
+    for (auto& spec : shard.tensors) {
+      if (const PatchTensor* t = h.find(spec.name)) {
+        target.push_back({spec.name, t->dtype, t->shape, t->target_digest});
+        continue;
+      }
+      const CheckpointTensor* b = base.find(spec.name);
+      if (!b) {
+        return make_error(ErrorCode::kPatchMetadata, "target layout names '" + spec.name + "', which is neither in the base nor in the patch");
+      }
+      spec.dtype = b->dtype;
+      spec.shape = b->shape;
+      target.push_back({spec.name, b->dtype, b->shape, digest_of(b)});
+      ++carried_from_base;
+    }
+  }
+  size_t expected_from_base = base.tensors().size() - h.removed.size();
+  for (const PatchTensor& t : h.tensors) expected_from_base -= t.change == TensorChange::kAdded ? 0 : 1;
+  if (carried_from_base != expected_from_base) {
+    return make_error(ErrorCode::kPatchMetadata, "target layout keeps " + std::to_string(carried_from_base) +
+                                                     " base tensors, the patch implies " + std::to_string(expected_from_base));
+  }
+  std::sort(target.begin(), target.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  const Digest128 target_state = state_digest(target);
+  if (target_state != h.target_state_digest) {
+    return make_error(ErrorCode::kPatchMetadata, "patch is inconsistent: its tensors imply target state " +
+                                                     digest_hex(target_state) + ", it records " + digest_hex(h.target_state_digest));
+  }
+  return layout;
+}
+
+// Produces one target tensor: a copy of the base tensor with the patch's changes, or the patch's data.
+Status fill_tensor(const Checkpoint& base, const Patch& patch, const TensorSpec& spec, std::span<std::byte> out,
+                   ApplyStats& stats) {
+  const PatchTensor* t = patch.header().find(spec.name);
+  const CheckpointTensor* b = base.find(spec.name);
+  if (!t) {
+    std::memcpy(out.data(), base.bytes(*b).data(), out.size());
+    return Status::Ok();
+  }
+  if (t->encoding == Encoding::kFull) {
+    std::memcpy(out.data(), patch.payload(*t, 0).data(), out.size());
+    ++stats.tensors_written;
+  } else {
+    std::memcpy(out.data(), base.bytes(*b).data(), out.size());
+    const size_t w = dtype_size_bytes(t->dtype);
+    Status st = codec::decode_changes(decode_params(*t), payload_views(patch, *t), base.bytes(*b),
+                                      [&](std::span<const uint64_t> pos, std::span<const std::byte> vals) {
+                                        scatter(out, w, pos, vals);
+                                        stats.changes += pos.size();
+                                        return Status::Ok();
+                                      });
+    if (!st.ok()) return st.with_context("tensor '" + t->name + "'");
+    ++stats.tensors_patched;
+  }
+  const Digest128 got = digest_bytes(out);
+  if (got != t->target_digest) {
+    return make_error(ErrorCode::kTargetMismatch, "tensor '" + t->name + "': result digest " + digest_hex(got) +
+                                                      " != target " + digest_hex(t->target_digest));
+  }
+  return Status::Ok();
+}
+
+// For an in-place apply that keeps every file's layout: the new header bytes per shard (empty when the
+// header stays as it is). nullopt when the layout changes and files must be rewritten.
+std::optional<std::vector<std::string>> header_updates(const Checkpoint& ck, const CheckpointLayout& target,
+                                                       const PatchHeader& h) {
+  const CheckpointLayout& cur = ck.layout();
+  if (!h.removed.empty() || cur.is_directory != target.is_directory || cur.has_index != target.has_index ||
+      cur.shards.size() != target.shards.size()) {
+    return std::nullopt;
+  }
+  for (const PatchTensor& t : h.tensors) {
+    if (t.change != TensorChange::kModified) return std::nullopt;
+  }
+  // Both sides are canonical dumps (sorted keys), so string equality is JSON equality.
+  if (cur.index_metadata_json != target.index_metadata_json) return std::nullopt;
+  std::vector<std::string> updates(cur.shards.size());
+  for (size_t s = 0; s < cur.shards.size(); ++s) {
+    const auto& a = cur.shards[s];
+    const auto& b = target.shards[s];
+    if (cur.is_directory && a.file != b.file) return std::nullopt;
+    if (a.tensors.size() != b.tensors.size()) return std::nullopt;
+    for (size_t i = 0; i < a.tensors.size(); ++i) {
+      if (a.tensors[i].name != b.tensors[i].name || a.tensors[i].dtype != b.tensors[i].dtype ||
+          a.tensors[i].shape != b.tensors[i].shape) {
+        return std::nullopt;
+      }
+    }
+    if (a.metadata == b.metadata) continue;
+    auto header = build_safetensors_header(b.tensors, b.metadata);
+    const uint64_t old_size = ck.shard(s).header().header_size_bytes;
+    if (!header.ok() || header->size() > old_size) return std::nullopt;
+    header->append(old_size - header->size(), ' ');  // trailing spaces are valid JSON padding
+    std::string bytes(8, '\0');
+    for (int i = 0; i < 8; ++i) bytes[static_cast<size_t>(i)] = static_cast<char>((old_size >> (8 * i)) & 0xFF);
+    updates[s] = bytes + *header;
+  }
+  return updates;
+}
+
+}  // namespace
+
+Result<ApplyStats> apply_patch(const std::string& base_path, const Patch& patch, const std::string& out_path,
+                               const ApplyOptions& options) {
+  DWS_ASSIGN_OR_RETURN(Checkpoint base, Checkpoint::open(base_path));
+  auto layout = prepare(base, patch, options.threads);
+  if (!layout.ok()) return layout.status().with_context("apply");
+  ApplyStats stats;
+  stats.tensors_removed = patch.header().removed.size();
+  Status st = write_checkpoint(out_path, *layout,
+                               [&](const TensorSpec& spec, std::span<std::byte> out) {
+                                 return fill_tensor(base, patch, spec, out, stats);
+                               },
+                               options.overwrite);
+  if (!st.ok()) return st.with_context("apply");
+  stats.target_state_digest = digest_hex(patch.header().target_state_digest);
+  return stats;
+}
+
+Result<ApplyStats> apply_patch_in_place(const std::string& checkpoint_path, const Patch& patch,
+                                        const ApplyOptions& options) {
+  Checkpoint::OpenOptions open_options;
+  open_options.mode = SafetensorsFile::Mode::kReadWrite;
+  DWS_ASSIGN_OR_RETURN(Checkpoint ck, Checkpoint::open(checkpoint_path, open_options));
+  auto layout = prepare(ck, patch, options.threads);
+  if (!layout.ok()) return layout.status().with_context("apply --in-place");
+  const PatchHeader& h = patch.header();
+  ApplyStats stats;
+  stats.target_state_digest = digest_hex(h.target_state_digest);
+  stats.tensors_removed = h.removed.size();
+
+  auto updates = header_updates(ck, *layout, h);
+  if (!updates) {
+    // The layout changes: write complete new files and swap them in atomically.
+    stats.rewrote_files = true;
+    Status st = write_checkpoint(checkpoint_path, *layout,
+                                 [&](const TensorSpec& spec, std::span<std::byte> out) {
+                                   return fill_tensor(ck, patch, spec, out, stats);
+                                 },
+                                 /*overwrite=*/true);
+    if (!st.ok()) return st.with_context("apply --in-place");
+    return stats;
+  }
+
+  std::vector<std::string> files;
+  for (const auto& shard : ck.layout().shards) files.push_back(shard.file);
+  DWS_ASSIGN_OR_RETURN(journal::Writer journal, journal::Writer::create(checkpoint_path, files));
+  for (uint32_t s = 0; s < updates->size(); ++s) {
+    if (!(*updates)[s].empty()) DWS_RETURN_IF_ERROR(journal.add_range(s, 0, std::as_bytes(std::span((*updates)[s]))));
+  }
+  // Decode every tensor into the journal, checking its result digest on a scratch copy, before any write.
+  std::vector<std::byte> scratch;
+  for (const PatchTensor& t : h.tensors) {
+    const CheckpointTensor* b = ck.find(t.name);
+    const uint64_t data_offset = ck.shard(b->shard).header().data_offset() + b->info->data_begin;
+    const auto base_bytes = ck.bytes(*b);
+    scratch.assign(base_bytes.begin(), base_bytes.end());
+    if (t.encoding == Encoding::kFull) {
+      DWS_RETURN_IF_ERROR(journal.add_range(b->shard, data_offset, patch.payload(t, 0)));
+      std::memcpy(scratch.data(), patch.payload(t, 0).data(), scratch.size());
+      ++stats.tensors_written;
+    } else {
+      const size_t w = dtype_size_bytes(t.dtype);
+      Status st = codec::decode_changes(decode_params(t), payload_views(patch, t), base_bytes,
+                                        [&](std::span<const uint64_t> pos, std::span<const std::byte> vals) {
+                                          scatter(scratch, w, pos, vals);
+                                          stats.changes += pos.size();
+                                          return journal.add_scatter(b->shard, data_offset, static_cast<uint32_t>(w), pos, vals);
+                                        });
+      if (!st.ok()) return st.with_context("apply --in-place: tensor '" + t.name + "'");
+      ++stats.tensors_patched;
+    }
+    const Digest128 got = digest_bytes(scratch);
+    if (got != t.target_digest) {
+      return make_error(ErrorCode::kTargetMismatch, "apply --in-place: tensor '" + t.name + "': result digest " +
+                                                        digest_hex(got) + " != target " + digest_hex(t.target_digest));
+    }
+  }
+  ck = Checkpoint();  // release the mappings; replay maps the files itself
+  DWS_RETURN_IF_ERROR(journal.commit());
+  bool had_journal = false;
+  auto replayed = journal::replay(checkpoint_path, &had_journal);
+  if (!replayed.ok()) return replayed.status().with_context("apply --in-place: replaying the committed journal (run 'dws recover')");
+  return stats;
+}
+
+Result<RecoverStats> recover_checkpoint(const std::string& checkpoint_path) {
+  RecoverStats out;
+  auto replayed = journal::replay(checkpoint_path, &out.had_journal);
+  if (!replayed.ok()) return replayed.status().with_context("recover");
+  out.records = replayed->records;
+  out.changes = replayed->changes;
+  return out;
+}
+
+}  // namespace dws

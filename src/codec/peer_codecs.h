@@ -1,0 +1,73 @@
+// peer_codecs.h — encoders and validating decoders for the peer-compatible encodings (internal).
+//
+// Contract shared by all decoders: payload bytes are hostile. A decoder checks every size against the
+// declared change count and tensor size before allocating, and every position for range and strict
+// ascent; on the first violation it returns an error, having passed only validated changes to the sink.
+// Callers that need all-or-nothing behaviour (apply) validate by decoding fully before writing.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "dws/dtype.h"
+#include "dws/encoding.h"
+#include "dws/status.h"
+
+namespace dws::codec {
+
+// One tensor stored in the patch file for one encoded tensor; role is its suffix ("idx", "val", ...).
+struct PayloadTensor {
+  std::string role;
+  DType dtype = DType::kU8;
+  std::vector<uint64_t> shape;
+  std::vector<std::byte> bytes;
+};
+
+struct EncodedTensor {
+  Encoding encoding = Encoding::kFull;
+  uint64_t changes = 0;
+  DType index_dtype = DType::kU8;  // positions' dtype for indices/gaps/gaps_zstd; unused otherwise
+  std::vector<PayloadTensor> payloads;
+};
+
+struct EncodeInput {
+  DType dtype;
+  std::span<const std::byte> base;    // whole tensor; may be empty for kFull
+  std::span<const std::byte> target;  // whole tensor
+  std::span<const uint64_t> positions;
+};
+
+// Encodes one tensor. For kFull, base/positions are ignored and `shape` is the payload's shape.
+Result<EncodedTensor> encode_tensor(Encoding encoding, const EncodeInput& input, std::span<const uint64_t> shape,
+                                    int zstd_level);
+
+struct PayloadView {
+  std::string_view role;
+  DType dtype;
+  std::span<const uint64_t> shape;
+  std::span<const std::byte> bytes;
+};
+
+struct DecodeParams {
+  Encoding encoding;
+  DType dtype;          // the tensor's dtype
+  uint64_t numel;       // the tensor's element count
+  uint64_t changes;     // declared change count
+  DType index_dtype;    // declared positions' dtype
+};
+
+// Receives validated changes in ascending position order, in batches; values are absolute new values,
+// positions.size() elements of dtype_size_bytes(dtype) each.
+using ChangeSink = std::function<Status(std::span<const uint64_t> positions, std::span<const std::byte> values)>;
+
+// Decodes a modified tensor (not kFull). `base` is the receiver's current tensor (read for kXorZstd).
+Status decode_changes(const DecodeParams& params, std::span<const PayloadView> payloads,
+                      std::span<const std::byte> base, const ChangeSink& sink);
+
+// Payload roles and dtypes an encoding must carry; used by the patch parser before decoding.
+Status check_payload_shapes(const DecodeParams& params, std::span<const PayloadView> payloads);
+
+}  // namespace dws::codec

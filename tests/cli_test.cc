@@ -1,0 +1,89 @@
+// The CLI as a user meets it: exit codes (docs/cli.md), messages, JSON output.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "test_util.h"
+
+namespace dws {
+namespace {
+
+using test::run_cli;
+using test::TempDir;
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::mt19937_64 rng(61);
+    base_ = {test::random_tensor(rng, "emb", DType::kBF16, {1000, 8}), test::random_tensor(rng, "norm", DType::kF32, {512})};
+    for (const auto& t : base_) next_.push_back(test::mutate(rng, t, 0.01));
+    ASSERT_TRUE(test::write_tensors(dir_ / "base.safetensors", base_).ok());
+    ASSERT_TRUE(test::write_tensors(dir_ / "next.safetensors", next_).ok());
+  }
+  TempDir dir_;
+  std::vector<test::HostTensor> base_, next_;
+};
+
+TEST_F(Cli, DiffApplyInspectVerify) {
+  auto d = run_cli({"diff", dir_ / "base.safetensors", dir_ / "next.safetensors", "-o", dir_ / "p.dwsp", "--encoding", "indices"});
+  ASSERT_EQ(d.exit_code, 0) << d.output;
+  EXPECT_NE(d.output.find("bytes/changed element"), std::string::npos) << d.output;
+  auto a = run_cli({"apply", dir_ / "base.safetensors", dir_ / "p.dwsp", "-o", dir_ / "out.safetensors"});
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  EXPECT_TRUE(test::same_tensors(dir_ / "out.safetensors", dir_ / "next.safetensors"));
+
+  auto i = run_cli({"inspect", "--json", dir_ / "p.dwsp"});
+  ASSERT_EQ(i.exit_code, 0) << i.output;
+  auto doc = nlohmann::json::parse(i.output);
+  EXPECT_EQ(doc["kind"], "patch");
+  EXPECT_EQ(doc["encoding"], "indices");
+  ASSERT_EQ(doc["tensors"].size(), 2u);
+  // indices: an int32 position plus the raw value per change.
+  for (const auto& t : doc["tensors"]) EXPECT_DOUBLE_EQ(t["bytes_per_change"].get<double>(), t["dtype"] == "F32" ? 8.0 : 6.0);
+  auto c = run_cli({"inspect", "--json", dir_ / "base.safetensors"});
+  ASSERT_EQ(c.exit_code, 0) << c.output;
+  EXPECT_EQ(nlohmann::json::parse(c.output)["tensors"].size(), 2u);
+  EXPECT_EQ(run_cli({"inspect", dir_ / "p.dwsp"}).exit_code, 0);
+
+  auto v = run_cli({"verify", dir_ / "p.dwsp"});
+  EXPECT_EQ(v.exit_code, 0) << v.output;
+  auto vc = run_cli({"verify", dir_ / "out.safetensors"});
+  EXPECT_EQ(vc.exit_code, 0) << vc.output;
+  EXPECT_NE(vc.output.find("state digest"), std::string::npos);
+}
+
+TEST_F(Cli, ExitCodes) {
+  EXPECT_EQ(run_cli({}).exit_code, 2);
+  EXPECT_EQ(run_cli({"frobnicate"}).exit_code, 2);
+  auto bad_enc = run_cli({"diff", dir_ / "base.safetensors", dir_ / "next.safetensors", "-o", dir_ / "p", "--encoding", "lz4"});
+  EXPECT_EQ(bad_enc.exit_code, 2);
+  EXPECT_NE(bad_enc.output.find("lz4"), std::string::npos) << bad_enc.output;
+  auto missing = run_cli({"verify", dir_ / "nope.safetensors"});
+  EXPECT_EQ(missing.exit_code, 5) << missing.output;
+
+  ASSERT_EQ(run_cli({"diff", dir_ / "base.safetensors", dir_ / "next.safetensors", "-o", dir_ / "p.dwsp"}).exit_code, 0);
+  // Wrong base: exit 4, the message names the tensor, and nothing is written.
+  auto wrong = run_cli({"apply", dir_ / "next.safetensors", dir_ / "p.dwsp", "-o", dir_ / "out.safetensors"});
+  EXPECT_EQ(wrong.exit_code, 4) << wrong.output;
+  EXPECT_NE(wrong.output.find("tensor '"), std::string::npos) << wrong.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "out.safetensors"));
+  // Existing output: exit 5 unless --force.
+  test::write_bytes(dir_ / "exists.safetensors", std::vector<std::byte>(1));
+  EXPECT_EQ(run_cli({"apply", dir_ / "base.safetensors", dir_ / "p.dwsp", "-o", dir_ / "exists.safetensors"}).exit_code, 5);
+  EXPECT_EQ(run_cli({"apply", dir_ / "base.safetensors", dir_ / "p.dwsp", "-o", dir_ / "exists.safetensors", "--force"}).exit_code, 0);
+  // Neither or both of -o / --in-place.
+  EXPECT_EQ(run_cli({"apply", dir_ / "base.safetensors", dir_ / "p.dwsp"}).exit_code, 2);
+  // A corrupt patch: exit 3.
+  auto bytes = test::read_bytes(dir_ / "p.dwsp");
+  bytes[bytes.size() - 3] ^= std::byte{0xFF};
+  test::write_bytes(dir_ / "bad.dwsp", bytes);
+  auto corrupt = run_cli({"apply", dir_ / "base.safetensors", dir_ / "bad.dwsp", "-o", dir_ / "o2.safetensors"});
+  EXPECT_EQ(corrupt.exit_code, 3) << corrupt.output;
+  EXPECT_NE(corrupt.output.find("E_PAYLOAD_HASH"), std::string::npos) << corrupt.output;
+  EXPECT_EQ(run_cli({"verify", dir_ / "bad.dwsp"}).exit_code, 3);
+  // recover on a clean checkpoint is a no-op.
+  EXPECT_EQ(run_cli({"recover", dir_ / "base.safetensors"}).exit_code, 0);
+}
+
+}  // namespace
+}  // namespace dws

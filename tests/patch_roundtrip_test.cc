@@ -1,0 +1,157 @@
+// Property tests of the whole path: create_patch -> apply (to a new file and in place) reproduces the
+// target exactly, for random checkpoints of every dtype, density and shape (empty and 0-d included),
+// with and without structural changes, single-file and sharded.
+#include <gtest/gtest.h>
+
+#include "test_util.h"
+
+namespace dws {
+namespace {
+
+using test::HostTensor;
+using test::TempDir;
+
+std::vector<HostTensor> random_checkpoint(std::mt19937_64& rng, DType dt) {
+  return {test::random_tensor(rng, "layer.0.weight", dt, {37, 29}),
+          test::random_tensor(rng, "layer.0.bias", dt, {29}),
+          test::random_tensor(rng, "scalar", dt, {}),
+          test::random_tensor(rng, "empty", dt, {0, 4}),
+          test::random_tensor(rng, "big", dt, {70001})};
+}
+
+std::vector<HostTensor> mutate_all(std::mt19937_64& rng, const std::vector<HostTensor>& base, double density) {
+  std::vector<HostTensor> out;
+  for (const auto& t : base) out.push_back(test::mutate(rng, t, density));
+  return out;
+}
+
+void copy_file(const std::string& from, const std::string& to) {
+  std::filesystem::copy(from, to, std::filesystem::copy_options::recursive | std::filesystem::copy_options::overwrite_existing);
+}
+
+// diff -> apply -o -> compare; diff -> apply --in-place on a copy -> compare.
+void check_round_trip(const std::string& base, const std::string& next, Encoding enc, const std::string& work,
+                      bool expect_rewrite = false) {
+  SCOPED_TRACE(std::string(encoding_name(enc)) + " " + base + " -> " + next);
+  auto b = Checkpoint::open(base);
+  auto n = Checkpoint::open(next);
+  ASSERT_TRUE(b.ok() && n.ok());
+  const std::string patch_path = work + "/p.dwsp";
+  auto stats = create_patch(*b, *n, patch_path, {enc, 2, 1});
+  ASSERT_TRUE(stats.ok()) << stats.status().to_string();
+  auto patch = Patch::open(patch_path);
+  ASSERT_TRUE(patch.ok()) << patch.status().to_string();
+  ASSERT_TRUE(patch->verify(2).ok());
+
+  const std::string out = work + "/out";
+  std::filesystem::remove_all(out);
+  auto applied = apply_patch(base, *patch, out, {2, false});
+  ASSERT_TRUE(applied.ok()) << applied.status().to_string();
+  EXPECT_TRUE(test::same_tensors(out, next));
+
+  const std::string copy = work + "/inplace";
+  std::filesystem::remove_all(copy);
+  copy_file(base, copy);
+  auto in_place = apply_patch_in_place(copy, *patch, {1, false});
+  ASSERT_TRUE(in_place.ok()) << in_place.status().to_string();
+  EXPECT_EQ(in_place->rewrote_files, expect_rewrite);
+  EXPECT_TRUE(test::same_tensors(copy, next));
+  EXPECT_FALSE(std::filesystem::exists(journal_path_for(copy))) << "journal must be gone after a successful apply";
+}
+
+class RoundTrip : public ::testing::TestWithParam<std::tuple<DType, double>> {};
+
+TEST_P(RoundTrip, EveryEncodingReproducesTheTarget) {
+  const auto [dt, density] = GetParam();
+  TempDir dir;
+  std::mt19937_64 rng(static_cast<uint64_t>(dt) * 1000 + static_cast<uint64_t>(density * 1e6));
+  auto base = random_checkpoint(rng, dt);
+  auto next = mutate_all(rng, base, density);
+  ASSERT_TRUE(test::write_tensors(dir / "base.safetensors", base, {{"step", "1"}}).ok());
+  ASSERT_TRUE(test::write_tensors(dir / "next.safetensors", next, {{"step", "2"}}).ok());
+  for (Encoding enc : test::kPatchEncodings) check_round_trip(dir / "base.safetensors", dir / "next.safetensors", enc, dir.path());
+}
+
+INSTANTIATE_TEST_SUITE_P(AllDtypesAndDensities, RoundTrip,
+                         ::testing::Combine(::testing::ValuesIn(kAllDTypes), ::testing::Values(0.0, 1e-6, 0.01, 0.5, 1.0)),
+                         [](const auto& info) {
+                           std::string d = std::to_string(std::get<1>(info.param));
+                           for (char& c : d) if (c == '.') c = '_';
+                           return std::string(dtype_name(std::get<0>(info.param))) + "_density_" + d;
+                         });
+
+TEST(RoundTrip, StructuralChangesAreCarriedWhole) {
+  TempDir dir;
+  std::mt19937_64 rng(31);
+  auto base = random_checkpoint(rng, DType::kBF16);
+  auto next = mutate_all(rng, base, 0.01);
+  next.erase(next.begin() + 1);                          // removed: layer.0.bias
+  next[0].shape = {29, 37};                              // replaced: same bytes, new shape
+  next[1].dtype = DType::kI16;                           // replaced: new dtype (scalar)
+  next.push_back(test::random_tensor(rng, "added", DType::kF32, {11}));
+  ASSERT_TRUE(test::write_tensors(dir / "base.safetensors", base).ok());
+  ASSERT_TRUE(test::write_tensors(dir / "next.safetensors", next).ok());
+  for (Encoding enc : test::kPatchEncodings) {
+    check_round_trip(dir / "base.safetensors", dir / "next.safetensors", enc, dir.path(), /*expect_rewrite=*/true);
+  }
+}
+
+TEST(RoundTrip, ShardedDirectories) {
+  TempDir dir;
+  std::mt19937_64 rng(32);
+  auto base = random_checkpoint(rng, DType::kBF16);
+  auto next = mutate_all(rng, base, 0.02);
+  test::write_sharded(dir / "base", base, 3);
+  test::write_sharded(dir / "next", next, 3);
+  for (Encoding enc : test::kPatchEncodings) check_round_trip(dir / "base", dir / "next", enc, dir.path());
+  // Re-sharding (3 files -> 2) changes the layout: in place rewrites and swaps the directory.
+  test::write_sharded(dir / "next2", next, 2);
+  check_round_trip(dir / "base", dir / "next2", Encoding::kGaps, dir.path(), /*expect_rewrite=*/true);
+  auto out = Checkpoint::open(dir / "inplace");
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(out->shard_count(), 2u);
+}
+
+TEST(RoundTrip, FileMetadataFollowsTheTarget) {
+  TempDir dir;
+  std::mt19937_64 rng(33);
+  auto base = random_checkpoint(rng, DType::kF16);
+  auto next = mutate_all(rng, base, 0.01);
+  ASSERT_TRUE(test::write_tensors(dir / "base.safetensors", base, {{"step", "007"}}).ok());
+  ASSERT_TRUE(test::write_tensors(dir / "same_len.safetensors", next, {{"step", "008"}}).ok());
+  // Same header length: patched through the journal, header included.
+  check_round_trip(dir / "base.safetensors", dir / "same_len.safetensors", Encoding::kGapsZstd, dir.path());
+  auto f = SafetensorsFile::open(dir / "inplace");
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(f->header().metadata.at("step"), "008");
+  // A header that no longer fits: the file is rewritten.
+  ASSERT_TRUE(test::write_tensors(dir / "longer.safetensors", next, {{"step", "008"}, {"note", std::string(300, 'x')}}).ok());
+  check_round_trip(dir / "base.safetensors", dir / "longer.safetensors", Encoding::kGapsZstd, dir.path(), /*expect_rewrite=*/true);
+  auto g = SafetensorsFile::open(dir / "inplace");
+  ASSERT_TRUE(g.ok());
+  EXPECT_EQ(g->header().metadata.at("note").size(), 300u);
+}
+
+TEST(RoundTrip, ApplyRefusesAnExistingOutputUnlessForced) {
+  TempDir dir;
+  std::mt19937_64 rng(34);
+  auto base = random_checkpoint(rng, DType::kBF16);
+  auto next = mutate_all(rng, base, 0.01);
+  ASSERT_TRUE(test::write_tensors(dir / "base.safetensors", base).ok());
+  ASSERT_TRUE(test::write_tensors(dir / "next.safetensors", next).ok());
+  auto b = Checkpoint::open(dir / "base.safetensors");
+  auto n = Checkpoint::open(dir / "next.safetensors");
+  ASSERT_TRUE(create_patch(*b, *n, dir / "p.dwsp", {}).ok());
+  auto patch = Patch::open(dir / "p.dwsp");
+  ASSERT_TRUE(patch.ok());
+  test::write_bytes(dir / "out.safetensors", std::vector<std::byte>(3, std::byte{1}));
+  auto refused = apply_patch(dir / "base.safetensors", *patch, dir / "out.safetensors", {});
+  EXPECT_EQ(refused.status().code(), ErrorCode::kExists);
+  EXPECT_EQ(test::read_bytes(dir / "out.safetensors").size(), 3u);
+  auto forced = apply_patch(dir / "base.safetensors", *patch, dir / "out.safetensors", {0, true});
+  ASSERT_TRUE(forced.ok()) << forced.status().to_string();
+  EXPECT_TRUE(test::same_tensors(dir / "out.safetensors", dir / "next.safetensors"));
+}
+
+}  // namespace
+}  // namespace dws
