@@ -1,1 +1,280 @@
-int main(){}
+// dws_bench — sizes and speeds of the diff/encode and decode/apply paths, as ratios to memcpy of the
+// same model bytes measured in the same run (the machine is shared and noisy; only ratios travel).
+//
+// Datasets: the reference trajectory (every consecutive pair) and a synthetic bf16 model of a given
+// size with RL-like changes (0.4% of elements move by ±1 ULP). Speeds are medians over --runs runs.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "codec/peer_codecs.h"
+#include "core/thread_pool.h"
+#include "dws/checkpoint.h"
+#include "dws/diff.h"
+#include "dws/patch.h"
+#include "patch/patch_internal.h"
+
+namespace {
+
+using json = nlohmann::json;
+using namespace dws;
+using Clock = std::chrono::steady_clock;
+
+int g_runs = 7;
+
+double median_seconds(const std::function<void()>& fn) {
+  fn();  // warm-up: page faults, caches
+  std::vector<double> t;
+  for (int i = 0; i < g_runs; ++i) {
+    auto t0 = Clock::now();
+    fn();
+    t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+void die(const Status& st) {
+  std::fprintf(stderr, "dws_bench: %s\n", st.to_string().c_str());
+  std::exit(1);
+}
+
+template <typename T>
+T must(Result<T> r) {
+  if (!r.ok()) die(r.status());
+  return std::move(r).value();
+}
+
+// One bench case: base/target checkpoints on disk.
+struct Case {
+  std::string name;
+  std::string base, target;
+};
+
+// A synthetic bf16 model: weights ~ N(0, 0.02) in a few matrix-shaped tensors; the target moves 0.4%
+// of the elements by ±1 ULP (the typical AdamW step at lr 1e-6 on bf16 copies, DESIGN.md §4).
+Case make_synthetic(const std::string& dir, uint64_t total_elements, double density) {
+  std::mt19937_64 rng(7);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  std::bernoulli_distribution pick(density);
+  const uint64_t per_tensor = 1ull << 22;  // 4M elements (8 MB) per tensor
+  std::vector<std::vector<std::byte>> base, next;
+  std::vector<TensorWrite> wb, wn;
+  std::vector<std::string> names;
+  for (uint64_t done = 0, i = 0; done < total_elements; ++i) {
+    const uint64_t n = std::min(per_tensor, total_elements - done);
+    done += n;
+    std::vector<std::byte> b(2 * n), t;
+    for (uint64_t k = 0; k < n; ++k) {
+      float f = normal(rng);
+      uint32_t bits;
+      std::memcpy(&bits, &f, 4);
+      uint16_t bf = static_cast<uint16_t>(bits >> 16);
+      std::memcpy(b.data() + 2 * k, &bf, 2);
+    }
+    t = b;
+    for (uint64_t k = 0; k < n; ++k) {
+      if (!pick(rng)) continue;
+      uint16_t bf;
+      std::memcpy(&bf, t.data() + 2 * k, 2);
+      bf = static_cast<uint16_t>(bf + ((rng() & 1) ? 1 : -1));
+      std::memcpy(t.data() + 2 * k, &bf, 2);
+    }
+    names.push_back("layers." + std::to_string(i) + ".weight");
+    base.push_back(std::move(b));
+    next.push_back(std::move(t));
+  }
+  for (size_t i = 0; i < names.size(); ++i) {
+    wb.push_back({{names[i], DType::kBF16, {base[i].size() / 2}}, base[i]});
+    wn.push_back({{names[i], DType::kBF16, {next[i].size() / 2}}, next[i]});
+  }
+  Case c{"synthetic-" + std::to_string(total_elements * 2 >> 20) + "MB", dir + "/syn_base.safetensors", dir + "/syn_next.safetensors"};
+  if (Status st = write_safetensors(c.base, wb, {}); !st.ok()) die(st);
+  if (Status st = write_safetensors(c.target, wn, {}); !st.ok()) die(st);
+  return c;
+}
+
+struct Row {
+  std::string dataset, encoding;
+  uint64_t changes = 0, elements = 0, model_bytes = 0, payload_bytes = 0, file_bytes = 0;
+  double diff_ratio_1t = 0, diff_ratio_2t = 0;            // model bytes/s of diff+encode ÷ memcpy bytes/s
+  double apply_time_ratio = 0;                             // decode+scatter time ÷ memcpy time of the model
+  double apply_cli_in_place_ratio = 0;                     // whole in-place apply (verification included) ÷ memcpy
+};
+
+// diff + encode of every tensor, as create_patch does it minus digests and the file write.
+void diff_and_encode(const Checkpoint& base, const Checkpoint& target, Encoding enc, size_t threads) {
+  auto diffs = diff_checkpoints(base, target, threads);
+  ThreadPool pool(threads);
+  pool.parallel_for(diffs.size(), [&](size_t i) {
+    const TensorDiff& d = diffs[i];
+    if (d.change != TensorChange::kModified) return;
+    auto e = codec::encode_tensor(enc, {d.target->dtype, base.bytes(*d.base), target.bytes(*d.target), d.positions},
+                                  d.target->shape, 1);
+    if (!e.ok()) die(e.status());
+  });
+}
+
+Row measure(const Case& c, Encoding enc, const std::string& work, double memcpy_s, uint64_t model_bytes) {
+  auto base = must(Checkpoint::open(c.base));
+  auto target = must(Checkpoint::open(c.target));
+  Row row;
+  row.dataset = c.name;
+  row.encoding = std::string(encoding_name(enc));
+  const std::string patch_path = work + "/bench.dwsp";
+  auto stats = must(create_patch(base, target, patch_path, {enc, 2, 1}));
+  row.changes = stats.changes;
+  row.elements = stats.elements;
+  row.model_bytes = model_bytes;
+  row.payload_bytes = stats.payload_bytes;
+  row.file_bytes = stats.patch_file_bytes;
+  row.diff_ratio_1t = memcpy_s / median_seconds([&] { diff_and_encode(base, target, enc, 1); });
+  row.diff_ratio_2t = memcpy_s / median_seconds([&] { diff_and_encode(base, target, enc, 2); });
+
+  // decode + scatter into a private copy of the base (scatter writes absolute values: idempotent).
+  auto patch = must(Patch::open(patch_path));
+  std::vector<std::vector<std::byte>> dst;
+  std::vector<const CheckpointTensor*> bt;
+  for (const PatchTensor& t : patch.header().tensors) {
+    const CheckpointTensor* b = base.find(t.name);
+    bt.push_back(b);
+    auto bytes = base.bytes(*b);
+    dst.emplace_back(bytes.begin(), bytes.end());
+  }
+  const double apply_s = median_seconds([&] {
+    for (size_t i = 0; i < patch.header().tensors.size(); ++i) {
+      const PatchTensor& t = patch.header().tensors[i];
+      const size_t w = dtype_size_bytes(t.dtype);
+      std::byte* out = dst[i].data();
+      Status st = codec::decode_changes({t.encoding, t.dtype, t.numel(), t.changes, t.index_dtype}, payload_views(patch, t),
+                                        base.bytes(*bt[i]), [&](std::span<const uint64_t> pos, std::span<const std::byte> v) {
+                                          const std::byte* src = v.data();
+                                          for (uint64_t p : pos) {
+                                            std::memcpy(out + p * w, src, w);
+                                            src += w;
+                                          }
+                                          return Status::Ok();
+                                        });
+      if (!st.ok()) die(st);
+    }
+  });
+  row.apply_time_ratio = apply_s / memcpy_s;
+
+  // The whole in-place apply as `dws apply --in-place` runs it: base digests, journal, replay, fsync.
+  // Each run patches a fresh copy; the copy is not timed.
+  const std::string live = work + "/live.safetensors";
+  std::vector<double> times;
+  for (int r = 0; r < std::max(3, g_runs / 2); ++r) {
+    std::filesystem::copy_file(c.base, live, std::filesystem::copy_options::overwrite_existing);
+    auto t0 = Clock::now();
+    must(apply_patch_in_place(live, patch, {1, false}));
+    times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  std::sort(times.begin(), times.end());
+  row.apply_cli_in_place_ratio = times[times.size() / 2] / memcpy_s;
+  return row;
+}
+
+// zstd --patch-from as the generic binary-diff baseline (same files, same run); 0 when zstd is absent.
+uint64_t zstd_patch_from_bytes(const Case& c, const std::string& work) {
+  const std::string out = work + "/zstd.patch";
+  const std::string cmd = "zstd -q -f -19 --long=27 --patch-from='" + c.base + "' '" + c.target + "' -o '" + out + "' 2>/dev/null";
+  if (std::system(cmd.c_str()) != 0) return 0;
+  return std::filesystem::file_size(out);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string data = "../shared/data/trajectory-small";
+  std::string json_path = "bench/results/latest.json";
+  uint64_t synthetic_mb = 256;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) { std::fprintf(stderr, "dws_bench: %s needs a value\n", a.c_str()); std::exit(2); }
+      return argv[++i];
+    };
+    if (a == "--data") data = next();
+    else if (a == "--json") json_path = next();
+    else if (a == "--synthetic-mb") synthetic_mb = std::stoull(next());
+    else if (a == "--runs") g_runs = std::stoi(next());
+    else {
+      std::fprintf(stderr,
+                   "usage: dws_bench [--data DIR] [--synthetic-mb N (0: none)] [--runs N] [--json PATH]\n"
+                   "Prints a table and writes JSON; speeds are ratios to memcpy of the same bytes in this run.\n");
+      return a == "--help" ? 0 : 2;
+    }
+  }
+  const std::string work = (std::filesystem::temp_directory_path() / ("dws-bench-" + std::to_string(::getpid()))).string();
+  std::filesystem::create_directories(work);
+
+  std::vector<Case> cases;
+  for (int s = 0; s < 8; ++s) {
+    char a[32], b[32];
+    std::snprintf(a, sizeof a, "/step%03d.safetensors", s);
+    std::snprintf(b, sizeof b, "/step%03d.safetensors", s + 1);
+    if (std::filesystem::exists(data + a) && std::filesystem::exists(data + b)) {
+      cases.push_back({"trajectory-small " + std::to_string(s) + "->" + std::to_string(s + 1), data + a, data + b});
+    }
+  }
+  if (synthetic_mb > 0) cases.push_back(make_synthetic(work, synthetic_mb << 19, 0.004));
+
+  json out = json::object();
+  out["runs"] = g_runs;
+  out["rows"] = json::array();
+  std::printf("%-26s %-10s %9s %8s %9s %9s %9s %9s %9s %9s\n", "dataset", "encoding", "changes", "density", "payB/chg",
+              "fileB/chg", "diff 1t", "diff 2t", "apply", "inplace");
+  std::printf("%-26s %-10s %9s %8s %9s %9s %9s %9s %9s %9s\n", "", "", "", "", "", "", "x memcpy", "x memcpy",
+              "t/memcpy", "t/memcpy");
+  for (const Case& c : cases) {
+    auto base = must(Checkpoint::open(c.base));
+    const uint64_t model_bytes = base.total_tensor_bytes();
+    std::vector<std::byte> src(model_bytes), dst(model_bytes);
+    std::memset(src.data(), 1, src.size());
+    std::memset(dst.data(), 2, dst.size());
+    const double memcpy_s = median_seconds([&] { std::memcpy(dst.data(), src.data(), model_bytes); });
+    for (Encoding enc : {Encoding::kIndices, Encoding::kGaps, Encoding::kGapsZstd, Encoding::kXorZstd}) {
+      Row r = measure(c, enc, work, memcpy_s, model_bytes);
+      const double chg = static_cast<double>(std::max<uint64_t>(r.changes, 1));
+      std::printf("%-26s %-10s %9llu %7.3f%% %9.2f %9.2f %9.3f %9.3f %9.3f %9.3f\n", r.dataset.c_str(), r.encoding.c_str(),
+                  static_cast<unsigned long long>(r.changes), 100.0 * static_cast<double>(r.changes) / static_cast<double>(r.elements),
+                  static_cast<double>(r.payload_bytes) / chg, static_cast<double>(r.file_bytes) / chg, r.diff_ratio_1t,
+                  r.diff_ratio_2t, r.apply_time_ratio, r.apply_cli_in_place_ratio);
+      out["rows"].push_back({{"dataset", r.dataset}, {"encoding", r.encoding}, {"changes", r.changes},
+                             {"elements", r.elements}, {"model_bytes", r.model_bytes},
+                             {"payload_bytes", r.payload_bytes}, {"file_bytes", r.file_bytes},
+                             {"payload_bytes_per_change", static_cast<double>(r.payload_bytes) / chg},
+                             {"file_bytes_per_change", static_cast<double>(r.file_bytes) / chg},
+                             {"diff_encode_throughput_vs_memcpy_1t", r.diff_ratio_1t},
+                             {"diff_encode_throughput_vs_memcpy_2t", r.diff_ratio_2t},
+                             {"decode_apply_time_vs_memcpy", r.apply_time_ratio},
+                             {"in_place_apply_time_vs_memcpy", r.apply_cli_in_place_ratio},
+                             {"memcpy_seconds", memcpy_s}});
+    }
+    if (uint64_t z = zstd_patch_from_bytes(c, work)) {
+      const auto rows = out["rows"];
+      const double chg = static_cast<double>(std::max<uint64_t>(rows.back()["changes"].get<uint64_t>(), 1));
+      std::printf("%-26s %-10s %9s %8s %9s %9.2f\n", c.name.c_str(), "zstd-19 --patch-from", "", "", "", static_cast<double>(z) / chg);
+      out["rows"].push_back({{"dataset", c.name}, {"encoding", "zstd -19 --long --patch-from"}, {"file_bytes", z},
+                             {"file_bytes_per_change", static_cast<double>(z) / chg}});
+    }
+  }
+  std::filesystem::remove_all(work);
+  std::filesystem::create_directories(std::filesystem::path(json_path).parent_path().empty() ? "." : std::filesystem::path(json_path).parent_path());
+  std::ofstream(json_path) << out.dump(2) << "\n";
+  std::printf("\nJSON: %s\n", json_path.c_str());
+  std::printf("diff 1t/2t: (model bytes / time of diff+encode) / (model bytes / time of memcpy), higher is better\n"
+              "apply: time of decode+scatter / time of one memcpy of the whole model, lower is better\n"
+              "inplace: time of the whole crash-safe in-place apply (base digest, journal, fsync) / memcpy time\n");
+  return 0;
+}

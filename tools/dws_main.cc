@@ -86,14 +86,17 @@ int cmd_diff(const std::string& base_path, const std::string& new_path, const st
   if (!stats.ok()) return fail(stats.status());
   if (!quiet) {
     const double density = stats->elements ? 100.0 * static_cast<double>(stats->changes) / static_cast<double>(stats->elements) : 0;
-    const double per_change = stats->changes ? static_cast<double>(stats->patch_file_bytes) / static_cast<double>(stats->changes) : 0;
+    auto per_change = [&](uint64_t bytes) {
+      return stats->changes ? static_cast<double>(bytes) / static_cast<double>(stats->changes) : 0.0;
+    };
     std::fprintf(stderr,
                  "dws diff: %s -> %s: %llu of %llu elements changed (%.3f%%) in %llu of %llu tensors; "
-                 "patch %s (%s) = %.2f bytes/changed element, %.3f%% of the %s checkpoint; %.2fs\n",
+                 "patch %s (%s) = %.2f bytes/changed element (payload %.2f + metadata %.2f), %.3f%% of the %s checkpoint; %.2fs\n",
                  base_path.c_str(), out.c_str(), static_cast<unsigned long long>(stats->changes),
                  static_cast<unsigned long long>(stats->elements), density,
                  static_cast<unsigned long long>(stats->changed_tensors), static_cast<unsigned long long>(stats->tensors),
-                 human_bytes(stats->patch_file_bytes).c_str(), encoding.c_str(), per_change,
+                 human_bytes(stats->patch_file_bytes).c_str(), encoding.c_str(), per_change(stats->patch_file_bytes),
+                 per_change(stats->payload_bytes), per_change(stats->patch_file_bytes - stats->payload_bytes),
                  100.0 * static_cast<double>(stats->patch_file_bytes) / static_cast<double>(std::max<uint64_t>(stats->target_bytes, 1)),
                  human_bytes(stats->target_bytes).c_str(), seconds_since(t0));
   }

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets up, builds and runs every test. DWS_SOAK=1 runs the long crash-safety soak (150 kill -9 trials
+# per mode instead of 12).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cd build
+ctest -j "$(nproc)" --output-on-failure --timeout 900
