@@ -192,6 +192,19 @@ TEST(Checkpoint, OpensShardedDirectoriesAndChecksTheIndex) {
   EXPECT_EQ(escape.status().code(), ErrorCode::kHeaderJson);
 }
 
+TEST(Checkpoint, RejectsAnIndexWithADuplicateKey) {
+  // nlohmann alone keeps the last of two equal keys; an index naming a tensor twice must be refused.
+  TempDir dir;
+  std::mt19937_64 rng(6);
+  std::filesystem::create_directories(dir / "ck");
+  ASSERT_TRUE(test::write_tensors(dir / "ck/a.safetensors", {test::random_tensor(rng, "t", DType::kU8, {4})}).ok());
+  std::ofstream(dir / "ck/model.safetensors.index.json")
+      << R"({"weight_map":{"t":"b.safetensors","t":"a.safetensors"}})";
+  auto ck = Checkpoint::open(dir / "ck");
+  ASSERT_FALSE(ck.ok());
+  EXPECT_EQ(ck.status().code(), ErrorCode::kDuplicate) << ck.status().to_string();
+}
+
 TEST(Checkpoint, RejectsATensorInTwoShards) {
   TempDir dir;
   std::mt19937_64 rng(4);

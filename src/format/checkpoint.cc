@@ -12,6 +12,7 @@
 
 #include "core/file_io.h"
 #include "core/thread_pool.h"
+#include "format/json_strict.h"
 
 namespace dws {
 
@@ -62,9 +63,9 @@ Result<Checkpoint> Checkpoint::open(const std::string& path, const OpenOptions& 
     if (io::path_exists(index_path)) {
       ck.layout_.has_index = true;
       DWS_ASSIGN_OR_RETURN(std::string text, io::read_file(index_path, kMaxIndexFileBytes));
-      json doc = json::parse(text, nullptr, /*allow_exceptions=*/false);
+      DWS_ASSIGN_OR_RETURN(json doc, parse_json_strict(text, "index '" + index_path + "'"));
       auto bad = [&](const std::string& why) { return make_error(ErrorCode::kHeaderJson, "index '" + index_path + "': " + why); };
-      if (doc.is_discarded() || !doc.is_object()) return bad("not a JSON object");
+      if (!doc.is_object()) return bad("not a JSON object");
       if (!doc.contains("weight_map") || !doc["weight_map"].is_object()) return bad("no weight_map object");
       if (doc.contains("metadata")) {
         if (!doc["metadata"].is_object()) return bad("metadata must be an object");

@@ -5,6 +5,8 @@
 #include <nlohmann/json.hpp>
 #include <unordered_set>
 
+#include "format/json_strict.h"
+
 #include "core/file_io.h"
 
 namespace dws {
@@ -27,32 +29,6 @@ uint64_t read_le64(const std::byte* p) {
   uint64_t v = 0;
   for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<uint64_t>(p[i]);
   return v;
-}
-
-// Parses JSON, refusing duplicate keys at any depth (nlohmann keeps the last one silently).
-Result<json> parse_json_strict(std::string_view text) {
-  std::vector<std::unordered_set<std::string>> keys;
-  std::string duplicate;
-  bool has_duplicate = false;
-  json::parser_callback_t cb = [&](int, json::parse_event_t event, json& parsed) {
-    switch (event) {
-      case json::parse_event_t::object_start: keys.emplace_back(); break;
-      case json::parse_event_t::object_end: if (!keys.empty()) keys.pop_back(); break;
-      case json::parse_event_t::key:
-        if (!keys.empty() && parsed.is_string() && !keys.back().insert(parsed.get_ref<const std::string&>()).second &&
-            !has_duplicate) {
-          has_duplicate = true;
-          duplicate = parsed.get_ref<const std::string&>();
-        }
-        break;
-      default: break;
-    }
-    return true;
-  };
-  json doc = json::parse(text.begin(), text.end(), cb, /*allow_exceptions=*/false);
-  if (doc.is_discarded()) return header_error(ErrorCode::kHeaderJson, "not valid JSON");
-  if (has_duplicate) return header_error(ErrorCode::kDuplicate, "duplicate key " + shown_name(duplicate));
-  return doc;
 }
 
 Result<uint64_t> get_u64(const json& v, const std::string& what) {
@@ -90,12 +66,7 @@ Result<SafetensorsHeader> parse_safetensors(std::span<const std::byte> file_byte
   out.header_size_bytes = n;
   const uint64_t data_size = file_size - 8 - n;
   std::string_view text(reinterpret_cast<const char*>(file_bytes.data() + 8), n);
-  // nlohmann's lexer stops at a NUL byte as if the input ended there; valid JSON never holds one raw.
-  if (const size_t nul = text.find('\0'); nul != std::string_view::npos) {
-    return header_error(ErrorCode::kHeaderJson, "NUL byte at header offset " + std::to_string(nul));
-  }
-
-  DWS_ASSIGN_OR_RETURN(json doc, parse_json_strict(text));
+  DWS_ASSIGN_OR_RETURN(json doc, parse_json_strict(text, "safetensors header"));
   if (!doc.is_object()) return header_error(ErrorCode::kHeaderJson, "top level must be an object");
 
   out.tensors.reserve(doc.size());

@@ -6,6 +6,7 @@
 #include "codec/peer_codecs.h"
 #include "core/file_io.h"
 #include "core/thread_pool.h"
+#include "format/json_strict.h"
 #include "dws/patch.h"
 #include "patch/patch_internal.h"
 
@@ -147,21 +148,13 @@ std::string to_json(const PatchHeader& h) {
 }
 
 Result<PatchHeader> from_json(std::string_view text) {
-  // Reuse the safetensors parser's duplicate-key refusal by parsing through nlohmann with a callback.
-  std::vector<std::set<std::string>> keys;
-  std::string duplicate;
-  json::parser_callback_t cb = [&](int, json::parse_event_t ev, json& parsed) {
-    if (ev == json::parse_event_t::object_start) keys.emplace_back();
-    else if (ev == json::parse_event_t::object_end && !keys.empty()) keys.pop_back();
-    else if (ev == json::parse_event_t::key && !keys.empty() && parsed.is_string() &&
-             !keys.back().insert(parsed.get<std::string>()).second && duplicate.empty()) {
-      duplicate = parsed.get<std::string>();
-    }
-    return true;
-  };
-  json doc = json::parse(text.begin(), text.end(), cb, false);
-  if (doc.is_discarded() || !doc.is_object()) return meta_error("dws.patch is not a JSON object");
-  if (!duplicate.empty()) return make_error(ErrorCode::kDuplicate, "patch metadata: duplicate key \"" + duplicate + "\"");
+  auto parsed = parse_json_strict(text, "patch metadata");
+  if (!parsed.ok()) {
+    return parsed.status().code() == ErrorCode::kDuplicate ? parsed.status()
+                                                           : make_error(ErrorCode::kPatchMetadata, parsed.status().message());
+  }
+  const json doc = std::move(parsed).value();
+  if (!doc.is_object()) return meta_error("dws.patch is not a JSON object");
   Reader top{doc, "document"};
   PatchHeader h;
   DWS_ASSIGN_OR_RETURN(std::string format, top.str("format"));
