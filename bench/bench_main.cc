@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "codec/peer_codecs.h"
+#include "codec/codecs.h"
 #include "core/thread_pool.h"
 #include "dws/checkpoint.h"
 #include "dws/diff.h"

@@ -2,7 +2,7 @@
 // for every encoding, dtype and density; decoders refuse malformed payloads.
 #include <gtest/gtest.h>
 
-#include "codec/peer_codecs.h"
+#include "codec/codecs.h"
 #include "dws/diff.h"
 #include "test_util.h"
 

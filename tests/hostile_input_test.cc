@@ -208,7 +208,7 @@ TEST_F(HostilePatch, EveryTruncationIsRefused) {
 }
 
 TEST_F(HostilePatch, EverySingleBitFlipIsRefused) {
-  for (Encoding enc : {Encoding::kIndices, Encoding::kGapsZstd, Encoding::kXorZstd}) {
+  for (Encoding enc : {Encoding::kIndices, Encoding::kGapsZstd, Encoding::kXorZstd, Encoding::kNative}) {
     const auto bytes = make_patch(enc);
     size_t tried = 0;
     for (size_t i = 0; i < bytes.size(); ++i) {

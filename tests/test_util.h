@@ -129,7 +129,8 @@ inline ::testing::AssertionResult same_tensors(const std::string& a_path, const 
   return ::testing::AssertionSuccess();
 }
 
-inline const Encoding kPatchEncodings[] = {Encoding::kIndices, Encoding::kGaps, Encoding::kGapsZstd, Encoding::kXorZstd};
+inline const Encoding kPatchEncodings[] = {Encoding::kIndices, Encoding::kGaps, Encoding::kGapsZstd, Encoding::kXorZstd,
+                                          Encoding::kNative};
 
 }  // namespace dws::test
 

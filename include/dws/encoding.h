@@ -12,6 +12,7 @@ enum class Encoding : uint8_t {
   kGapsZstd,  // the gaps form through zstd (slime "deltas_zstd")
   kXorZstd,   // XOR of the whole tensor with its base, through zstd; needs the exact base
   kFull,      // the whole new tensor (added or re-shaped tensors, or any tensor on request)
+  kNative,    // entropy-coded gaps + ULP distances to the base value (rANS); needs the exact base
 };
 
 std::string_view encoding_name(Encoding encoding);

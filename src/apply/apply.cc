@@ -5,7 +5,7 @@
 #include <map>
 
 #include "apply/journal.h"
-#include "codec/peer_codecs.h"
+#include "codec/codecs.h"
 #include "dws/patch.h"
 #include "patch/patch_internal.h"
 

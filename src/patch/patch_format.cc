@@ -3,7 +3,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "codec/peer_codecs.h"
+#include "codec/codecs.h"
 #include "core/file_io.h"
 #include "core/thread_pool.h"
 #include "format/json_strict.h"

@@ -6,7 +6,7 @@
 
 #include <vector>
 
-#include "codec/peer_codecs.h"
+#include "codec/codecs.h"
 #include "dws/patch.h"
 
 namespace dws::patch_json {

@@ -1,7 +1,7 @@
 // create_patch: diff, digest, encode (tensors in parallel), then one atomic safetensors write.
 #include <algorithm>
 
-#include "codec/peer_codecs.h"
+#include "codec/codecs.h"
 #include "core/thread_pool.h"
 #include "dws/patch.h"
 #include "patch/patch_internal.h"

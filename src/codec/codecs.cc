@@ -1,4 +1,7 @@
-#include "codec/peer_codecs.h"
+#include "codec/codecs.h"
+
+#include "codec/change_sink.h"
+#include "codec/native.h"
 
 #include <zstd.h>
 
@@ -18,24 +21,27 @@ std::string_view encoding_name(Encoding encoding) {
     case Encoding::kGapsZstd: return "gaps_zstd";
     case Encoding::kXorZstd: return "xor_zstd";
     case Encoding::kFull: return "full";
+    case Encoding::kNative: return "native";
   }
   return "?";
 }
 
 std::optional<Encoding> encoding_from_name(std::string_view name) {
-  for (Encoding e : {Encoding::kIndices, Encoding::kGaps, Encoding::kGapsZstd, Encoding::kXorZstd, Encoding::kFull}) {
+  for (Encoding e : {Encoding::kIndices, Encoding::kGaps, Encoding::kGapsZstd, Encoding::kXorZstd, Encoding::kFull,
+                     Encoding::kNative}) {
     if (encoding_name(e) == name) return e;
   }
   return std::nullopt;
 }
 
-bool encoding_needs_base_values(Encoding encoding) { return encoding == Encoding::kXorZstd; }
+bool encoding_needs_base_values(Encoding encoding) {
+  return encoding == Encoding::kXorZstd || encoding == Encoding::kNative;
+}
 
 namespace codec {
 
 namespace {
 
-constexpr size_t kBatch = 1 << 16;               // changes per sink call
 constexpr size_t kXorChunkBytes = 1 << 20;       // streaming granularity of xor_zstd
 
 struct ZstdCCtxDeleter { void operator()(ZSTD_CCtx* c) const { ZSTD_freeCCtx(c); } };
@@ -165,6 +171,13 @@ Result<EncodedTensor> encode_tensor(Encoding encoding, const EncodeInput& input,
       out.payloads.push_back({"zstd", DType::kU8, {zn}, std::move(z)});
       return out;
     }
+    case Encoding::kNative: {
+      if (input.base.size() != input.target.size()) return make_error(ErrorCode::kInternal, "native: base/target sizes differ");
+      DWS_ASSIGN_OR_RETURN(std::vector<std::byte> z, native::encode(input.dtype, input.base, input.target, input.positions));
+      const uint64_t zn = z.size();
+      out.payloads.push_back({"native", DType::kU8, {zn}, std::move(z)});
+      return out;
+    }
     case Encoding::kXorZstd: {
       if (input.base.size() != input.target.size()) return make_error(ErrorCode::kInternal, "xor_zstd: base/target sizes differ");
       DWS_ASSIGN_OR_RETURN(std::vector<std::byte> z, xor_zstd_compress(input.base, input.target, zstd_level));
@@ -212,7 +225,7 @@ Status check_payload_shapes(const DecodeParams& p, std::span<const PayloadView> 
   const bool index_ok = p.encoding == Encoding::kIndices
                             ? (p.index_dtype == DType::kI32 || p.index_dtype == DType::kI64)
                             : (p.index_dtype == DType::kU16 || p.index_dtype == DType::kU32 || p.index_dtype == DType::kU64);
-  if (p.encoding != Encoding::kXorZstd && !index_ok) {
+  if (p.encoding != Encoding::kXorZstd && p.encoding != Encoding::kNative && !index_ok) {
     return make_error(ErrorCode::kPatchMetadata, "index dtype " + std::string(dtype_name(p.index_dtype)) + " not allowed for " +
                                                      std::string(encoding_name(p.encoding)));
   }
@@ -231,48 +244,15 @@ Status check_payload_shapes(const DecodeParams& p, std::span<const PayloadView> 
     case Encoding::kXorZstd:
       DWS_RETURN_IF_ERROR(expect_roles({"xor"}));
       return expect_1d(payloads[0], DType::kU8, std::nullopt);
+    case Encoding::kNative:
+      DWS_RETURN_IF_ERROR(expect_roles({"native"}));
+      return expect_1d(payloads[0], DType::kU8, std::nullopt);
     case Encoding::kFull: break;
   }
   return Status::Ok();
 }
 
 namespace {
-
-// Turns raw positions into validated batches for the sink.
-class PositionChecker {
- public:
-  PositionChecker(uint64_t numel, const ChangeSink& sink, size_t w) : numel_(numel), sink_(sink), w_(w) {
-    batch_.reserve(kBatch);
-  }
-  // Validates p and queues it; flush() hands the batch and its values to the sink.
-  Status push(uint64_t p) {
-    if (p >= numel_) return positions_error("position " + std::to_string(p) + " out of range for " + std::to_string(numel_) + " elements");
-    if (count_ > 0 && p <= last_) {
-      return positions_error("position " + std::to_string(p) + " after " + std::to_string(last_) + " (unsorted or duplicate)");
-    }
-    last_ = p;
-    ++count_;
-    batch_.push_back(p);
-    return Status::Ok();
-  }
-  bool full() const { return batch_.size() == kBatch; }
-  Status flush(std::span<const std::byte> values) {
-    if (batch_.empty()) return Status::Ok();
-    Status st = sink_(batch_, values.first(batch_.size() * w_));
-    batch_.clear();
-    return st;
-  }
-  size_t pending() const { return batch_.size(); }
-  uint64_t count() const { return count_; }
-
- private:
-  uint64_t numel_;
-  const ChangeSink& sink_;
-  size_t w_;
-  std::vector<uint64_t> batch_;
-  uint64_t last_ = 0;
-  uint64_t count_ = 0;
-};
 
 // Decompresses one frame that must produce exactly `expected` bytes. Memory grows with what the frame
 // actually produces (never to a size only claimed by a header), and decoding stops at the first byte
@@ -353,7 +333,7 @@ Status decode_position_stream(bool gaps, DType index_dtype, std::span<const std:
     DWS_RETURN_IF_ERROR(checker.push(pos));
     if (checker.full()) {
       DWS_RETURN_IF_ERROR(checker.flush(values.subspan(value_at)));
-      value_at += kBatch * w;
+      value_at += kSinkBatch * w;
     }
   }
   return checker.flush(values.subspan(value_at));
@@ -373,7 +353,7 @@ Status decode_xor_zstd(const DecodeParams& p, std::span<const std::byte> z, std:
   const size_t chunk = std::max<size_t>(kXorChunkBytes / w * w, w);
   std::vector<std::byte> buf(chunk);
   std::vector<std::byte> values;
-  values.reserve(kBatch * w);
+  values.reserve(kSinkBatch * w);
   PositionChecker checker(p.numel, sink, w);
   ZSTD_inBuffer in{z.data(), z.size(), 0};
   uint64_t produced = 0;
@@ -459,6 +439,9 @@ Status decode_changes(const DecodeParams& p, std::span<const PayloadView> payloa
     }
     case Encoding::kXorZstd:
       return decode_xor_zstd(p, payloads[0].bytes, base, sink);
+    case Encoding::kNative:
+      if (base.size() != p.numel * w) return make_error(ErrorCode::kInternal, "native: base has the wrong size");
+      return native::decode(p.dtype, p.numel, p.changes, payloads[0].bytes, base, sink);
     case Encoding::kFull:
       break;
   }

@@ -1,4 +1,4 @@
-// peer_codecs.h — encoders and validating decoders for the peer-compatible encodings (internal).
+// codecs.h — encoders and validating decoders for every encoding (internal).
 //
 // Contract shared by all decoders: payload bytes are hostile. A decoder checks every size against the
 // declared change count and tensor size before allocating, and every position for range and strict

@@ -1,0 +1,257 @@
+#include "codec/native.h"
+
+#include <bit>
+#include <cstring>
+#include <string>
+
+#include "codec/change_sink.h"
+#include "codec/rans.h"
+
+namespace dws::codec::native {
+
+namespace {
+
+constexpr uint8_t kVersion = 1;
+constexpr uint32_t kGapAlphabet = 65;     // bit length of a gap: 0..64
+constexpr uint32_t kValueAlphabet = 256;  // zigzag distance 0..254, 255 = escape
+constexpr uint64_t kEscape = 255;
+
+Status decode_error(const std::string& msg) { return make_error(ErrorCode::kDecode, "native: " + msg); }
+
+bool is_float(DType d) {
+  return d == DType::kF8_E4M3 || d == DType::kF8_E5M2 || d == DType::kF16 || d == DType::kBF16 || d == DType::kF32 ||
+         d == DType::kF64;
+}
+
+uint64_t width_mask(size_t w) { return w == 8 ? ~0ull : (1ull << (8 * w)) - 1; }
+
+uint64_t load(const std::byte* p, size_t w) {
+  uint64_t v = 0;
+  std::memcpy(&v, p, w);  // little-endian host (static_assert in peer_codecs.cc)
+  return v;
+}
+
+void store(std::byte* p, size_t w, uint64_t v) { std::memcpy(p, &v, w); }
+
+// Sign-extends a w-byte value to int64.
+int64_t sign_extend(uint64_t v, size_t w) {
+  if (w == 8) return static_cast<int64_t>(v);
+  const unsigned shift = static_cast<unsigned>(64 - 8 * w);
+  return static_cast<int64_t>(v << shift) >> shift;
+}
+
+uint64_t zigzag(int64_t v) { return (static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63); }
+int64_t unzigzag(uint64_t z) { return static_cast<int64_t>(z >> 1) ^ -static_cast<int64_t>(z & 1); }
+
+uint32_t bit_length(uint64_t v) { return v == 0 ? 0 : 64u - static_cast<uint32_t>(std::countl_zero(v)); }
+
+class BitWriter {
+ public:
+  void put(uint64_t value, uint32_t bits) {
+    for (uint32_t done = 0; done < bits;) {
+      const uint32_t take = std::min(bits - done, 64u - fill_);
+      const uint64_t chunk = take == 64 ? value >> done : (value >> done) & ((1ull << take) - 1);
+      acc_ |= fill_ == 64 ? 0 : chunk << fill_;
+      fill_ += take;
+      done += take;
+      if (fill_ == 64) flush_word();
+    }
+  }
+  std::vector<std::byte> finish() {
+    while (fill_ > 0) {
+      out_.push_back(static_cast<std::byte>(acc_ & 0xFF));
+      acc_ >>= 8;
+      fill_ = fill_ > 8 ? fill_ - 8 : 0;
+    }
+    return std::move(out_);
+  }
+
+ private:
+  void flush_word() {
+    for (int i = 0; i < 8; ++i) out_.push_back(static_cast<std::byte>((acc_ >> (8 * i)) & 0xFF));
+    acc_ = 0;
+    fill_ = 0;
+  }
+  std::vector<std::byte> out_;
+  uint64_t acc_ = 0;
+  uint32_t fill_ = 0;
+};
+
+class BitReader {
+ public:
+  explicit BitReader(std::span<const std::byte> in) : in_(in) {}
+  bool get(uint32_t bits, uint64_t* out) {
+    uint64_t v = 0;
+    for (uint32_t i = 0; i < bits; ++i) {
+      if (pos_ >= in_.size() * 8) return false;
+      const uint64_t bit = (static_cast<uint64_t>(in_[pos_ / 8]) >> (pos_ % 8)) & 1;
+      v |= bit << i;
+      ++pos_;
+    }
+    *out = v;
+    return true;
+  }
+  // All bits used, and the padding of the last byte is zero.
+  bool finished_cleanly() const {
+    if ((pos_ + 7) / 8 != in_.size()) return false;
+    if (pos_ % 8 == 0) return true;
+    return (static_cast<uint64_t>(in_.back()) >> (pos_ % 8)) == 0;
+  }
+
+ private:
+  std::span<const std::byte> in_;
+  uint64_t pos_ = 0;
+};
+
+void put_section(std::vector<std::byte>& out, const std::vector<std::byte>& section) {
+  rans::put_varint(out, section.size());
+  out.insert(out.end(), section.begin(), section.end());
+}
+
+bool get_section(std::span<const std::byte> in, size_t* at, std::span<const std::byte>* section) {
+  uint64_t n = 0;
+  if (!rans::get_varint(in, at, &n) || n > in.size() - *at) return false;
+  *section = in.subspan(*at, n);
+  *at += n;
+  return true;
+}
+
+}  // namespace
+
+uint64_t to_key(DType dtype, uint64_t bits) {
+  if (!is_float(dtype)) return bits;
+  const size_t w = dtype_size_bytes(dtype);
+  const uint64_t sign = 1ull << (8 * w - 1);
+  return (bits & sign) ? (~bits & width_mask(w)) : (bits | sign);
+}
+
+uint64_t from_key(DType dtype, uint64_t key) {
+  if (!is_float(dtype)) return key;
+  const size_t w = dtype_size_bytes(dtype);
+  const uint64_t sign = 1ull << (8 * w - 1);
+  return (key & sign) ? (key & ~sign) : (~key & width_mask(w));
+}
+
+Result<std::vector<std::byte>> encode(DType dtype, std::span<const std::byte> base, std::span<const std::byte> target,
+                                      std::span<const uint64_t> positions) {
+  const size_t w = dtype_size_bytes(dtype);
+  const uint64_t mask = width_mask(w);
+  const size_t n = positions.size();
+  std::vector<uint32_t> gap_symbols(n), value_symbols(n);
+  std::vector<uint64_t> gap_counts(kGapAlphabet, 0), value_counts(kValueAlphabet, 0);
+  BitWriter mantissas;
+  std::vector<std::byte> escapes;
+  uint64_t prev = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const uint64_t p = positions[i];
+    const uint64_t gap = i == 0 ? p : p - prev - 1;
+    prev = p;
+    const uint32_t len = bit_length(gap);
+    gap_symbols[i] = len;
+    ++gap_counts[len];
+    if (len >= 2) mantissas.put(gap, len - 1);  // the bits below the leading one
+    const uint64_t kb = to_key(dtype, load(base.data() + p * w, w));
+    const uint64_t kt = to_key(dtype, load(target.data() + p * w, w));
+    const uint64_t zz = zigzag(sign_extend((kt - kb) & mask, w));
+    if (zz >= kEscape) {
+      value_symbols[i] = static_cast<uint32_t>(kEscape);
+      rans::put_varint(escapes, zz - kEscape);
+    } else {
+      value_symbols[i] = static_cast<uint32_t>(zz);
+    }
+    ++value_counts[value_symbols[i]];
+  }
+  std::vector<std::byte> out;
+  out.push_back(static_cast<std::byte>(kVersion));
+  rans::put_varint(out, n);
+  if (n == 0) return out;
+  DWS_ASSIGN_OR_RETURN(rans::Model gap_model, rans::Model::from_counts(gap_counts));
+  DWS_ASSIGN_OR_RETURN(rans::Model value_model, rans::Model::from_counts(value_counts));
+  gap_model.serialize(out);
+  value_model.serialize(out);
+  rans::Encoder enc;
+  for (size_t i = 0; i < n; ++i) {
+    enc.push(gap_model, gap_symbols[i]);
+    enc.push(value_model, value_symbols[i]);
+  }
+  put_section(out, enc.finish());
+  put_section(out, mantissas.finish());
+  put_section(out, escapes);
+  return out;
+}
+
+Status decode(DType dtype, uint64_t numel, uint64_t changes, std::span<const std::byte> payload,
+              std::span<const std::byte> base, const ChangeSink& sink) {
+  const size_t w = dtype_size_bytes(dtype);
+  const uint64_t mask = width_mask(w);
+  if (base.size() != numel * w) return make_error(ErrorCode::kInternal, "native: base has the wrong size");
+  size_t at = 0;
+  if (payload.empty() || static_cast<uint8_t>(payload[0]) != kVersion) return decode_error("unknown payload version");
+  at = 1;
+  uint64_t n = 0;
+  if (!rans::get_varint(payload, &at, &n)) return decode_error("truncated header");
+  if (n != changes) {
+    return make_error(ErrorCode::kPatchMetadata, "native payload holds " + std::to_string(n) + " changes, metadata says " +
+                                                     std::to_string(changes));
+  }
+  DWS_ASSIGN_OR_RETURN(rans::Model gap_model, rans::Model::parse(payload, &at, kGapAlphabet));
+  DWS_ASSIGN_OR_RETURN(rans::Model value_model, rans::Model::parse(payload, &at, kValueAlphabet));
+  std::span<const std::byte> stream, mantissa_bytes, escape_bytes;
+  if (!get_section(payload, &at, &stream) || !get_section(payload, &at, &mantissa_bytes) ||
+      !get_section(payload, &at, &escape_bytes)) {
+    return decode_error("truncated sections");
+  }
+  if (at != payload.size()) return decode_error(std::to_string(payload.size() - at) + " trailing bytes");
+  DWS_ASSIGN_OR_RETURN(rans::Decoder dec, rans::Decoder::start(stream));
+  BitReader mantissas(mantissa_bytes);
+  size_t escape_at = 0;
+  PositionChecker checker(numel, sink, w);
+  std::vector<std::byte> values;
+  values.reserve(kSinkBatch * w);
+  uint64_t prev = 0;
+  for (uint64_t i = 0; i < n; ++i) {
+    DWS_ASSIGN_OR_RETURN(uint32_t len, dec.next(gap_model));
+    uint64_t gap = 0;
+    if (len == 1) {
+      gap = 1;
+    } else if (len >= 2) {
+      uint64_t low = 0;
+      if (!mantissas.get(len - 1, &low)) return decode_error("mantissa bits run out");
+      gap = (1ull << (len - 1)) | low;
+    }
+    uint64_t p = 0;
+    if (i == 0) {
+      p = gap;
+    } else if (__builtin_add_overflow(prev, gap, &p) || __builtin_add_overflow(p, 1ull, &p)) {
+      return make_error(ErrorCode::kPositions, "native: gap sum overflows");
+    }
+    DWS_RETURN_IF_ERROR(checker.push(p));
+    prev = p;
+    DWS_ASSIGN_OR_RETURN(uint32_t sym, dec.next(value_model));
+    uint64_t zz = sym;
+    if (sym == kEscape) {
+      uint64_t extra = 0;
+      if (!rans::get_varint(escape_bytes, &escape_at, &extra) || __builtin_add_overflow(extra, kEscape, &zz)) {
+        return decode_error("bad escape");
+      }
+    }
+    if (zz == 0) return decode_error("position " + std::to_string(p) + " listed with an unchanged value");
+    if (w < 8 && (zz >> (8 * w)) != 0) return decode_error("value distance " + std::to_string(zz) + " wider than the element");
+    const uint64_t kb = to_key(dtype, load(base.data() + p * w, w));
+    const uint64_t kt = (kb + static_cast<uint64_t>(unzigzag(zz))) & mask;
+    const size_t v_at = values.size();
+    values.resize(v_at + w);
+    store(values.data() + v_at, w, from_key(dtype, kt));
+    if (checker.full()) {
+      DWS_RETURN_IF_ERROR(checker.flush(values));
+      values.clear();
+    }
+  }
+  DWS_RETURN_IF_ERROR(checker.flush(values));
+  if (!dec.finished_cleanly()) return decode_error("rANS stream has leftover bytes or a wrong final state");
+  if (!mantissas.finished_cleanly()) return decode_error("unused mantissa bits");
+  if (escape_at != escape_bytes.size()) return decode_error("unused escape bytes");
+  return Status::Ok();
+}
+
+}  // namespace dws::codec::native
