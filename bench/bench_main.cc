@@ -251,7 +251,8 @@ int main(int argc, char** argv) {
     std::memset(src.data(), 1, src.size());
     std::memset(dst.data(), 2, dst.size());
     const double memcpy_s = median_seconds([&] { std::memcpy(dst.data(), src.data(), model_bytes); });
-    for (Encoding enc : {Encoding::kIndices, Encoding::kGaps, Encoding::kGapsZstd, Encoding::kXorZstd}) {
+    for (Encoding enc : {Encoding::kAuto, Encoding::kNative, Encoding::kIndices, Encoding::kGaps, Encoding::kGapsZstd,
+                         Encoding::kXorZstd}) {
       Row r = measure(c, enc, work, memcpy_s, model_bytes);
       const double chg = static_cast<double>(std::max<uint64_t>(r.changes, 1));
       std::printf("%-26s %-10s %9llu %7.3f%% %9.2f %9.2f %8.3f %8.3f %8.3f %8.3f %9.3f %9.3f\n", r.dataset.c_str(), r.encoding.c_str(),

@@ -14,11 +14,11 @@ echo "== the model: $DATA/step000.safetensors"
 summary=$($DWS inspect "$DATA/step000.safetensors"); echo "${summary%%$'\n'*}"
 echo
 echo "== one step (000 -> 001) in every encoding"
-for enc in indices gaps gaps_zstd xor_zstd; do
+for enc in native indices gaps gaps_zstd xor_zstd; do
   $DWS diff "$DATA/step000.safetensors" "$DATA/step001.safetensors" -o "$WORK/p001.$enc" --encoding "$enc" 2>&1
 done
 echo
-echo "== receiver: a copy of step 000, patched in place step by step (gaps_zstd)"
+echo "== receiver: a copy of step 000, patched in place step by step (default encoding: auto)"
 cp "$DATA/step000.safetensors" "$WORK/receiver.safetensors"
 for i in 1 2 3 4 5 6 7 8; do
   prev=$(printf "%03d" $((i - 1))); cur=$(printf "%03d" "$i")

@@ -45,6 +45,11 @@ TEST(Codec, EveryEncodingRoundTripsEveryDtypeAndDensity) {
         for (Encoding enc : test::kPatchEncodings) {
           auto e = codec::encode_tensor(enc, {dt, base.bytes, next.bytes, *positions}, base.shape, 1);
           ASSERT_TRUE(e.ok()) << e.status().to_string();
+          if (e->encoding == Encoding::kFull) {  // auto may choose the whole tensor: it must be the target
+            ASSERT_EQ(enc, Encoding::kAuto);
+            EXPECT_EQ(e->payloads[0].bytes, next.bytes);
+            continue;
+          }
           auto d = decode(*e, dt, numel, base.bytes);
           ASSERT_TRUE(d.ok()) << encoding_name(enc) << " " << dtype_name(dt) << ": " << d.status().to_string();
           ASSERT_EQ(d->positions, *positions) << encoding_name(enc) << " " << dtype_name(dt) << " density " << density;
@@ -55,6 +60,31 @@ TEST(Codec, EveryEncodingRoundTripsEveryDtypeAndDensity) {
         }
       }
     }
+  }
+}
+
+TEST(Codec, AutoNeverLosesToTheFormsItConsiders) {
+  std::mt19937_64 rng(24);
+  for (double density : {0.001, 0.02, 0.3, 1.0, -1.0}) {
+    auto base = test::random_tensor(rng, "t", DType::kBF16, {50000});
+    // -1: an unrelated random tensor (every value jumps arbitrarily far).
+    auto next = density < 0 ? test::random_tensor(rng, "t", DType::kBF16, {50000}) : test::mutate(rng, base, density);
+    auto positions = *diff_elements(base.bytes, next.bytes, 2, 1);
+    codec::EncodeInput in{DType::kBF16, base.bytes, next.bytes, positions};
+    auto size = [&](Encoding e) {
+      auto r = codec::encode_tensor(e, in, base.shape, 1);
+      EXPECT_TRUE(r.ok());
+      uint64_t n = 0;
+      for (const auto& p : r->payloads) n += p.bytes.size();
+      return n;
+    };
+    const uint64_t chosen = size(Encoding::kAuto);
+    EXPECT_LE(chosen, size(Encoding::kNative)) << density;
+    const double actual = static_cast<double>(positions.size()) / 50000.0;
+    if (actual >= codec::kAutoDenseMinDensity) EXPECT_LE(chosen, size(Encoding::kXorZstd)) << density;
+    if (actual >= codec::kAutoFullMinDensity) EXPECT_LE(chosen, size(Encoding::kFull)) << density;
+    // An unrelated tensor: nothing beats shipping it whole.
+    if (density < 0) EXPECT_EQ(chosen, size(Encoding::kFull));
   }
 }
 

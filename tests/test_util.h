@@ -130,7 +130,7 @@ inline ::testing::AssertionResult same_tensors(const std::string& a_path, const 
 }
 
 inline const Encoding kPatchEncodings[] = {Encoding::kIndices, Encoding::kGaps, Encoding::kGapsZstd, Encoding::kXorZstd,
-                                          Encoding::kNative};
+                                          Encoding::kNative, Encoding::kAuto};
 
 }  // namespace dws::test
 

@@ -75,7 +75,7 @@ int cmd_diff(const std::string& base_path, const std::string& new_path, const st
              size_t threads, int zstd_level, bool quiet) {
   auto enc = dws::encoding_from_name(encoding);
   if (!enc || *enc == dws::Encoding::kFull) {
-    return fail(dws::make_error(ErrorCode::kInvalidArgument, "--encoding '" + encoding + "' is not one of native, indices, gaps, gaps_zstd, xor_zstd"));
+    return fail(dws::make_error(ErrorCode::kInvalidArgument, "--encoding '" + encoding + "' is not one of auto, native, indices, gaps, gaps_zstd, xor_zstd"));
   }
   auto t0 = std::chrono::steady_clock::now();
   auto base = dws::Checkpoint::open(base_path);
@@ -273,13 +273,13 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "Worker threads for diff, hashing and encoding (0 = all cores)")->capture_default_str();
   app.add_flag("-q,--quiet", quiet, "Print nothing on success");
 
-  std::string base, target, out, encoding = "gaps_zstd";
+  std::string base, target, out, encoding = "auto";
   int zstd_level = 1;
   auto* diff = app.add_subcommand("diff", "Write a patch that turns BASE into NEW");
   diff->add_option("BASE", base, "Base checkpoint: a .safetensors file or a sharded directory")->required();
   diff->add_option("NEW", target, "New checkpoint, same forms")->required();
   diff->add_option("-o,--output", out, "Patch file to write (replaced atomically if it exists)")->required();
-  diff->add_option("--encoding", encoding, "native | indices | gaps | gaps_zstd | xor_zstd")->capture_default_str();
+  diff->add_option("--encoding", encoding, "auto (per tensor the smallest of native, xor_zstd, full) | native | indices | gaps | gaps_zstd | xor_zstd")->capture_default_str();
   diff->add_option("--zstd-level", zstd_level, "zstd level for gaps_zstd and xor_zstd")->capture_default_str()->check(CLI::Range(-7, 22));
   diff->add_option("--threads", threads, "Worker threads (0 = all cores)");
 

@@ -13,10 +13,14 @@ enum class Encoding : uint8_t {
   kXorZstd,   // XOR of the whole tensor with its base, through zstd; needs the exact base
   kFull,      // the whole new tensor (added or re-shaped tensors, or any tensor on request)
   kNative,    // entropy-coded gaps + ULP distances to the base value (rANS); needs the exact base
+  kAuto,      // a choice, not a stored encoding: per tensor the smallest of native, xor_zstd and full
 };
 
 std::string_view encoding_name(Encoding encoding);
 std::optional<Encoding> encoding_from_name(std::string_view name);
+// Names a stored tensor encoding (everything but kAuto).
+inline bool is_tensor_encoding(Encoding encoding) { return encoding != Encoding::kAuto; }
+
 // Encodings that read base values to decode (all others overwrite and need only the base's shape).
 bool encoding_needs_base_values(Encoding encoding);
 

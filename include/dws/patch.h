@@ -90,7 +90,7 @@ class Patch {
 };
 
 struct CreatePatchOptions {
-  Encoding encoding = Encoding::kGapsZstd;
+  Encoding encoding = Encoding::kAuto;  // per tensor the smallest of native, xor_zstd, full
   size_t threads = 0;  // 0: all cores
   int zstd_level = 1;  // peer encodings compress at level 1, as slime does
 };

@@ -22,13 +22,14 @@ std::string_view encoding_name(Encoding encoding) {
     case Encoding::kXorZstd: return "xor_zstd";
     case Encoding::kFull: return "full";
     case Encoding::kNative: return "native";
+    case Encoding::kAuto: return "auto";
   }
   return "?";
 }
 
 std::optional<Encoding> encoding_from_name(std::string_view name) {
   for (Encoding e : {Encoding::kIndices, Encoding::kGaps, Encoding::kGapsZstd, Encoding::kXorZstd, Encoding::kFull,
-                     Encoding::kNative}) {
+                     Encoding::kNative, Encoding::kAuto}) {
     if (encoding_name(e) == name) return e;
   }
   return std::nullopt;
@@ -131,8 +132,31 @@ Result<std::vector<std::byte>> xor_zstd_compress(std::span<const std::byte> base
 
 }  // namespace
 
+namespace {
+uint64_t payload_size(const EncodedTensor& e) {
+  uint64_t n = 0;
+  for (const auto& p : e.payloads) n += p.bytes.size();
+  return n;
+}
+}  // namespace
+
 Result<EncodedTensor> encode_tensor(Encoding encoding, const EncodeInput& input, std::span<const uint64_t> shape,
                                     int zstd_level) {
+  if (encoding == Encoding::kAuto) {
+    // native is near the entropy at every density for small ULP moves; the dense forms win only when
+    // values jump far (random-like changes) at high density, so they are tried only there.
+    const uint64_t numel = input.target.size() / dtype_size_bytes(input.dtype);
+    const double density = numel ? static_cast<double>(input.positions.size()) / static_cast<double>(numel) : 0.0;
+    DWS_ASSIGN_OR_RETURN(EncodedTensor best, encode_tensor(Encoding::kNative, input, shape, zstd_level));
+    auto consider = [&](Encoding e) -> Status {
+      DWS_ASSIGN_OR_RETURN(EncodedTensor other, encode_tensor(e, input, shape, zstd_level));
+      if (payload_size(other) < payload_size(best)) best = std::move(other);
+      return Status::Ok();
+    };
+    if (density >= kAutoDenseMinDensity) DWS_RETURN_IF_ERROR(consider(Encoding::kXorZstd));
+    if (density >= kAutoFullMinDensity) DWS_RETURN_IF_ERROR(consider(Encoding::kFull));
+    return best;
+  }
   EncodedTensor out;
   out.encoding = encoding;
   const size_t w = dtype_size_bytes(input.dtype);
@@ -185,6 +209,7 @@ Result<EncodedTensor> encode_tensor(Encoding encoding, const EncodeInput& input,
       out.payloads.push_back({"xor", DType::kU8, {zn}, std::move(z)});
       return out;
     }
+    case Encoding::kAuto: break;
   }
   return make_error(ErrorCode::kInternal, "encode: unknown encoding");
 }
@@ -248,6 +273,7 @@ Status check_payload_shapes(const DecodeParams& p, std::span<const PayloadView> 
       DWS_RETURN_IF_ERROR(expect_roles({"native"}));
       return expect_1d(payloads[0], DType::kU8, std::nullopt);
     case Encoding::kFull: break;
+    case Encoding::kAuto: return make_error(ErrorCode::kPatchMetadata, "'auto' is not a stored tensor encoding");
   }
   return Status::Ok();
 }
@@ -443,9 +469,10 @@ Status decode_changes(const DecodeParams& p, std::span<const PayloadView> payloa
       if (base.size() != p.numel * w) return make_error(ErrorCode::kInternal, "native: base has the wrong size");
       return native::decode(p.dtype, p.numel, p.changes, payloads[0].bytes, base, sink);
     case Encoding::kFull:
+    case Encoding::kAuto:
       break;
   }
-  return make_error(ErrorCode::kInternal, "decode_changes called for a full tensor");
+  return make_error(ErrorCode::kInternal, "decode_changes called for a full or auto tensor");
 }
 
 }  // namespace codec

@@ -40,7 +40,12 @@ struct EncodeInput {
   std::span<const uint64_t> positions;
 };
 
-// Encodes one tensor. For kFull, base/positions are ignored and `shape` is the payload's shape.
+// Thresholds of kAuto: the dense forms are tried only from these densities on.
+inline constexpr double kAutoDenseMinDensity = 0.01;  // xor_zstd
+inline constexpr double kAutoFullMinDensity = 0.25;   // full
+
+// Encodes one tensor. For kFull, base/positions are ignored and `shape` is the payload's shape. kAuto
+// encodes with native and, at the densities above, with xor_zstd and full, and keeps the smallest.
 Result<EncodedTensor> encode_tensor(Encoding encoding, const EncodeInput& input, std::span<const uint64_t> shape,
                                     int zstd_level);
 

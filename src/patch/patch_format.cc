@@ -220,7 +220,7 @@ Result<PatchHeader> from_json(std::string_view text) {
     else return meta_error(r.ctx + ": change \"" + change + "\" is not modified, added or replaced");
     DWS_ASSIGN_OR_RETURN(std::string tenc, r.str("encoding"));
     auto te = encoding_from_name(tenc);
-    if (!te) return meta_error(r.ctx + ": unknown encoding \"" + tenc + "\"");
+    if (!te || !is_tensor_encoding(*te)) return meta_error(r.ctx + ": unknown encoding \"" + tenc + "\"");
     t.encoding = *te;
     if (t.change != TensorChange::kModified && t.encoding != Encoding::kFull) {
       return meta_error(r.ctx + ": an " + change + " tensor must use the full encoding");
