@@ -1,7 +1,10 @@
 // dws — command-line frontend. Uses only the public headers in include/dws; maps library errors to the
 // exit codes documented in docs/cli.md.
 #include <CLI/CLI.hpp>
+#include <unistd.h>
+
 #include <chrono>
+#include <filesystem>
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -10,6 +13,7 @@
 #include "dws/checkpoint.h"
 #include "dws/patch.h"
 #include "dws/safetensors.h"
+#include "dws/simulate.h"
 
 namespace {
 
@@ -262,6 +266,41 @@ int cmd_recover(const std::string& path, bool quiet) {
   return kExitOk;
 }
 
+int cmd_simulate(const std::string& dir, const std::string& params, dws::SimulateOptions options, const std::string& dtype,
+                 bool quiet) {
+  if (!params.empty()) {
+    auto n = dws::parse_count(params);
+    if (!n) return fail(dws::make_error(ErrorCode::kInvalidArgument, "--params '" + params + "' is not a count like 600M or 7B"));
+    options.params = *n;
+  }
+  auto dt = dws::dtype_from_name(dtype);
+  if (!dt) return fail(dws::make_error(ErrorCode::kInvalidArgument, "--dtype '" + dtype + "' is not a safetensors dtype"));
+  options.dtype = *dt;
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return fail(dws::make_error(ErrorCode::kIo, "create directory '" + dir + "': " + ec.message()));
+  const bool tty = !quiet && ::isatty(2);
+  auto t0 = std::chrono::steady_clock::now();
+  if (tty) {
+    options.progress = [&, last = -1](uint64_t done, uint64_t total) mutable {
+      const int pct = total ? static_cast<int>(100 * done / total) : 100;
+      if (pct == last) return;
+      last = pct;
+      std::fprintf(stderr, "\rdws simulate: %3d%% (%.1fs)", pct, seconds_since(t0));
+    };
+  }
+  auto stats = dws::simulate_trajectory(dir, options);
+  if (tty) std::fprintf(stderr, "\n");
+  if (!stats.ok()) return fail(stats.status());
+  if (!quiet) {
+    std::fprintf(stderr, "dws simulate: %s: %u+1 checkpoints of %llu params (%llu tensors, %u layers, %s %s each), lr %g; %.1fs\n",
+                 dir.c_str(), options.steps, static_cast<unsigned long long>(stats->params),
+                 static_cast<unsigned long long>(stats->tensors), stats->layers, dtype.c_str(),
+                 human_bytes(stats->checkpoint_bytes).c_str(), options.lr, seconds_since(t0));
+  }
+  return kExitOk;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -305,6 +344,19 @@ int main(int argc, char** argv) {
   auto* recover = app.add_subcommand("recover", "Finish an in-place apply interrupted by a crash");
   recover->add_option("CHECKPOINT", file, "Checkpoint given to 'apply --in-place'")->required();
 
+  dws::SimulateOptions sim;
+  std::string sim_params, sim_dtype = "BF16", sim_dir;
+  auto* simulate = app.add_subcommand("simulate", "Write a synthetic AdamW training trajectory (step000 .. stepN)");
+  simulate->add_option("-o,--output", sim_dir, "Directory to write (created if missing)")->required();
+  simulate->add_option("--params", sim_params, "Target parameter count, e.g. 600M, 7B (layers are chosen to approach it)");
+  simulate->add_option("--shape", sim.shape, "qwen3-0.6b | llama-7b | tiny | auto (by --params)")->capture_default_str();
+  simulate->add_option("--layers", sim.layers, "Layer count (overrides --params)");
+  simulate->add_option("--steps", sim.steps, "Optimizer steps after step000")->capture_default_str();
+  simulate->add_option("--lr", sim.lr, "Learning rate")->capture_default_str();
+  simulate->add_option("--dtype", sim_dtype, "Copy dtype: BF16, F16, F32, F8_E4M3, F8_E5M2")->capture_default_str();
+  simulate->add_option("--seed", sim.seed, "Random seed (same seed, same bytes)")->capture_default_str();
+  simulate->add_option("--threads", threads, "Worker threads (0 = all cores)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -316,5 +368,9 @@ int main(int argc, char** argv) {
   if (*inspect) return is_patch_file(file) ? inspect_patch(file, as_json) : inspect_checkpoint(file, as_json);
   if (*verify) return cmd_verify(file, threads, quiet);
   if (*recover) return cmd_recover(file, quiet);
+  if (*simulate) {
+    sim.threads = threads;
+    return cmd_simulate(sim_dir, sim_params, sim, sim_dtype, quiet);
+  }
   return kExitUsage;
 }
