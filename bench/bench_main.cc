@@ -21,6 +21,7 @@
 #include "dws/checkpoint.h"
 #include "dws/diff.h"
 #include "dws/patch.h"
+#include "dws/simulate.h"
 #include "patch/patch_internal.h"
 
 namespace {
@@ -60,47 +61,24 @@ struct Case {
   std::string base, target;
 };
 
-// A synthetic bf16 model: weights ~ N(0, 0.02) in a few matrix-shaped tensors; the target moves 0.4%
-// of the elements by ±1 ULP (the typical AdamW step at lr 1e-6 on bf16 copies, DESIGN.md §4).
-Case make_synthetic(const std::string& dir, uint64_t total_elements, double density) {
-  std::mt19937_64 rng(7);
-  std::normal_distribution<float> normal(0.0f, 0.02f);
-  std::bernoulli_distribution pick(density);
-  const uint64_t per_tensor = 1ull << 22;  // 4M elements (8 MB) per tensor
-  std::vector<std::vector<std::byte>> base, next;
-  std::vector<TensorWrite> wb, wn;
-  std::vector<std::string> names;
-  for (uint64_t done = 0, i = 0; done < total_elements; ++i) {
-    const uint64_t n = std::min(per_tensor, total_elements - done);
-    done += n;
-    std::vector<std::byte> b(2 * n), t;
-    for (uint64_t k = 0; k < n; ++k) {
-      float f = normal(rng);
-      uint32_t bits;
-      std::memcpy(&bits, &f, 4);
-      uint16_t bf = static_cast<uint16_t>(bits >> 16);
-      std::memcpy(b.data() + 2 * k, &bf, 2);
-    }
-    t = b;
-    for (uint64_t k = 0; k < n; ++k) {
-      if (!pick(rng)) continue;
-      uint16_t bf;
-      std::memcpy(&bf, t.data() + 2 * k, 2);
-      bf = static_cast<uint16_t>(bf + ((rng() & 1) ? 1 : -1));
-      std::memcpy(t.data() + 2 * k, &bf, 2);
-    }
-    names.push_back("layers." + std::to_string(i) + ".weight");
-    base.push_back(std::move(b));
-    next.push_back(std::move(t));
+// A simulated pair (step000 -> step001) from `dws simulate`: SHAPE:LAYERS:LR, LAYERS 0 = the shape's own.
+Case make_simulated(const std::string& work, const std::string& spec) {
+  const auto a = spec.find(':'), b = spec.rfind(':');
+  if (a == std::string::npos || a == b) {
+    std::fprintf(stderr, "dws_bench: --sims entry '%s' is not SHAPE:LAYERS:LR\n", spec.c_str());
+    std::exit(2);
   }
-  for (size_t i = 0; i < names.size(); ++i) {
-    wb.push_back({{names[i], DType::kBF16, {base[i].size() / 2}}, base[i]});
-    wn.push_back({{names[i], DType::kBF16, {next[i].size() / 2}}, next[i]});
-  }
-  Case c{"synthetic-" + std::to_string(total_elements * 2 >> 20) + "MB", dir + "/syn_base.safetensors", dir + "/syn_next.safetensors"};
-  if (Status st = write_safetensors(c.base, wb, {}); !st.ok()) die(st);
-  if (Status st = write_safetensors(c.target, wn, {}); !st.ok()) die(st);
-  return c;
+  SimulateOptions o;
+  o.shape = spec.substr(0, a);
+  o.layers = static_cast<uint32_t>(std::stoul(spec.substr(a + 1, b - a - 1)));
+  o.lr = std::stod(spec.substr(b + 1));
+  o.steps = 1;
+  const std::string dir = work + "/sim-" + std::to_string(std::hash<std::string>{}(spec));
+  std::filesystem::create_directories(dir);
+  auto stats = must(simulate_trajectory(dir, o));
+  char name[96];
+  std::snprintf(name, sizeof name, "%s %.2fB lr %g", o.shape.c_str(), static_cast<double>(stats.params) / 1e9, o.lr);
+  return {name, dir + "/step000.safetensors", dir + "/step001.safetensors"};
 }
 
 struct Row {
@@ -205,7 +183,10 @@ uint64_t zstd_patch_from_bytes(const Case& c, const std::string& work) {
 int main(int argc, char** argv) {
   std::string data = "../shared/data/trajectory-small";
   std::string json_path = "bench/results/latest.json";
-  uint64_t synthetic_mb = 256;
+  // Default matrix (issue 3): a Qwen3-0.6B-shaped model at three learning rates (densities ~0.04%, 0.4%,
+  // 4%) and a Llama-7B-shaped model cut to 2 layers (its tensor shapes, 0.66B parameters) at two.
+  std::string sims = "qwen3-0.6b:0:1e-7,qwen3-0.6b:0:1e-6,qwen3-0.6b:0:1e-5,llama-7b:2:1e-6,llama-7b:2:1e-5";
+  int trajectory_pairs = 8;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -214,11 +195,14 @@ int main(int argc, char** argv) {
     };
     if (a == "--data") data = next();
     else if (a == "--json") json_path = next();
-    else if (a == "--synthetic-mb") synthetic_mb = std::stoull(next());
+    else if (a == "--sims") sims = next();
+    else if (a == "--trajectory-pairs") trajectory_pairs = std::stoi(next());
+    else if (a == "--quick") { sims = "tiny:0:1e-6"; trajectory_pairs = 2; g_runs = 3; }
     else if (a == "--runs") g_runs = std::stoi(next());
     else {
       std::fprintf(stderr,
-                   "usage: dws_bench [--data DIR] [--synthetic-mb N (0: none)] [--runs N] [--json PATH]\n"
+                   "usage: dws_bench [--data DIR] [--trajectory-pairs N] [--sims SHAPE:LAYERS:LR,...] [--runs N]\n"
+                   "                 [--json PATH] [--quick]\n"
                    "Prints a table and writes JSON; speeds are ratios to memcpy of the same bytes in this run.\n");
       return a == "--help" ? 0 : 2;
     }
@@ -227,7 +211,7 @@ int main(int argc, char** argv) {
   std::filesystem::create_directories(work);
 
   std::vector<Case> cases;
-  for (int s = 0; s < 8; ++s) {
+  for (int s = 0; s < std::min(trajectory_pairs, 8); ++s) {
     char a[32], b[32];
     std::snprintf(a, sizeof a, "/step%03d.safetensors", s);
     std::snprintf(b, sizeof b, "/step%03d.safetensors", s + 1);
@@ -235,14 +219,22 @@ int main(int argc, char** argv) {
       cases.push_back({"trajectory-small " + std::to_string(s) + "->" + std::to_string(s + 1), data + a, data + b});
     }
   }
-  if (synthetic_mb > 0) cases.push_back(make_synthetic(work, synthetic_mb << 19, 0.004));
+  for (size_t at = 0; at < sims.size();) {
+    size_t comma = sims.find(',', at);
+    if (comma == std::string::npos) comma = sims.size();
+    if (comma > at) {
+      std::fprintf(stderr, "dws_bench: simulating %s\n", sims.substr(at, comma - at).c_str());
+      cases.push_back(make_simulated(work, sims.substr(at, comma - at)));
+    }
+    at = comma + 1;
+  }
 
   json out = json::object();
   out["runs"] = g_runs;
   out["rows"] = json::array();
-  std::printf("%-26s %-10s %9s %8s %9s %9s %8s %8s %8s %8s %9s %9s\n", "dataset", "encoding", "changes", "density", "payB/chg",
+  std::printf("%-30s %-10s %9s %8s %9s %9s %8s %8s %8s %8s %9s %9s\n", "dataset", "encoding", "changes", "density", "payB/chg",
               "fileB/chg", "scan 1t", "scan 2t", "d+e 1t", "d+e 2t", "apply", "inplace");
-  std::printf("%-26s %-10s %9s %8s %9s %9s %8s %8s %8s %8s %9s %9s\n", "", "", "", "", "", "", "x memcpy", "x memcpy", "x memcpy",
+  std::printf("%-30s %-10s %9s %8s %9s %9s %8s %8s %8s %8s %9s %9s\n", "", "", "", "", "", "", "x memcpy", "x memcpy", "x memcpy",
               "x memcpy", "t/memcpy", "t/memcpy");
   for (const Case& c : cases) {
     auto base = must(Checkpoint::open(c.base));
@@ -255,7 +247,7 @@ int main(int argc, char** argv) {
                          Encoding::kXorZstd}) {
       Row r = measure(c, enc, work, memcpy_s, model_bytes);
       const double chg = static_cast<double>(std::max<uint64_t>(r.changes, 1));
-      std::printf("%-26s %-10s %9llu %7.3f%% %9.2f %9.2f %8.3f %8.3f %8.3f %8.3f %9.3f %9.3f\n", r.dataset.c_str(), r.encoding.c_str(),
+      std::printf("%-30s %-10s %9llu %7.3f%% %9.2f %9.2f %8.3f %8.3f %8.3f %8.3f %9.3f %9.3f\n", r.dataset.c_str(), r.encoding.c_str(),
                   static_cast<unsigned long long>(r.changes), 100.0 * static_cast<double>(r.changes) / static_cast<double>(r.elements),
                   static_cast<double>(r.payload_bytes) / chg, static_cast<double>(r.file_bytes) / chg, r.scan_ratio_1t,
                   r.scan_ratio_2t, r.diff_ratio_1t,
@@ -278,7 +270,7 @@ int main(int argc, char** argv) {
       const auto rows = out["rows"];
       const double chg = static_cast<double>(std::max<uint64_t>(rows.back()["changes"].get<uint64_t>(), 1));
       const std::string label = "zstd -" + std::to_string(zstd_baseline_level(c)) + " --long --patch-from";
-      std::printf("%-26s %-30s %9.2f (whole file)\n", c.name.c_str(), label.c_str(), static_cast<double>(z) / chg);
+      std::printf("%-30s %-30s %9.2f (whole file)\n", c.name.c_str(), label.c_str(), static_cast<double>(z) / chg);
       std::fflush(stdout);
       out["rows"].push_back({{"dataset", c.name}, {"encoding", label}, {"file_bytes", z},
                              {"file_bytes_per_change", static_cast<double>(z) / chg}});

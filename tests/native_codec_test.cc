@@ -92,9 +92,9 @@ TEST(Rans, RoundTripsRandomStreamsUnderSeveralModels) {
     auto dec = rans::Decoder::start(stream);
     ASSERT_TRUE(dec.ok());
     for (const auto& [which, s] : seq) {
-      auto got = dec->next(which ? *mb : *ma);
-      ASSERT_TRUE(got.ok());
-      ASSERT_EQ(*got, s);
+      uint32_t got = 0;
+      ASSERT_TRUE(dec->next(which ? *mb : *ma, &got));
+      ASSERT_EQ(got, s);
     }
     EXPECT_TRUE(dec->finished_cleanly());
   }

@@ -1,6 +1,7 @@
 // change_sink.h — validation of decoded positions before they reach a sink (internal, shared by codecs).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -16,8 +17,10 @@ inline constexpr size_t kSinkBatch = 1 << 16;  // changes per sink call
 // batches together with their values.
 class PositionChecker {
  public:
-  PositionChecker(uint64_t numel, const ChangeSink& sink, size_t elem_size) : numel_(numel), sink_(sink), w_(elem_size) {
-    batch_.reserve(kSinkBatch);
+  // expected_count only sizes the batch buffer (small tensors must not pay for a full batch).
+  PositionChecker(uint64_t numel, const ChangeSink& sink, size_t elem_size, uint64_t expected_count = kSinkBatch)
+      : numel_(numel), sink_(sink), w_(elem_size) {
+    batch_.reserve(static_cast<size_t>(std::min<uint64_t>(expected_count, kSinkBatch)));
   }
   Status push(uint64_t p) {
     if (p >= numel_) {

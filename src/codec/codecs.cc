@@ -326,7 +326,7 @@ T load(const std::byte* p) {
 Status decode_position_stream(bool gaps, DType index_dtype, std::span<const std::byte> index_bytes,
                               std::span<const std::byte> values, uint64_t n, uint64_t numel, size_t w,
                               const ChangeSink& sink) {
-  PositionChecker checker(numel, sink, w);
+  PositionChecker checker(numel, sink, w, n);
   const size_t iw = dtype_size_bytes(index_dtype);
   uint64_t pos = 0;
   size_t value_at = 0;
@@ -379,8 +379,8 @@ Status decode_xor_zstd(const DecodeParams& p, std::span<const std::byte> z, std:
   const size_t chunk = std::max<size_t>(kXorChunkBytes / w * w, w);
   std::vector<std::byte> buf(chunk);
   std::vector<std::byte> values;
-  values.reserve(kSinkBatch * w);
-  PositionChecker checker(p.numel, sink, w);
+  values.reserve(std::min<uint64_t>(p.changes, kSinkBatch) * w);
+  PositionChecker checker(p.numel, sink, w, p.changes);
   ZSTD_inBuffer in{z.data(), z.size(), 0};
   uint64_t produced = 0;
   size_t filled = 0;

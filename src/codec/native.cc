@@ -1,5 +1,6 @@
 #include "codec/native.h"
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 #include <string>
@@ -25,13 +26,51 @@ bool is_float(DType d) {
 
 uint64_t width_mask(size_t w) { return w == 8 ? ~0ull : (1ull << (8 * w)) - 1; }
 
-uint64_t load(const std::byte* p, size_t w) {
+template <size_t W>
+uint64_t load(const std::byte* p) {
   uint64_t v = 0;
-  std::memcpy(&v, p, w);  // little-endian host (static_assert in peer_codecs.cc)
+  std::memcpy(&v, p, W);  // little-endian host (static_assert in codecs.cc)
   return v;
 }
 
-void store(std::byte* p, size_t w, uint64_t v) { std::memcpy(p, &v, w); }
+template <size_t W>
+void store(std::byte* p, uint64_t v) {
+  std::memcpy(p, &v, W);
+}
+
+template <size_t W, bool kFloat>
+uint64_t key_of(uint64_t bits) {
+  if constexpr (!kFloat) {
+    return bits;
+  } else {
+    constexpr uint64_t kSign = 1ull << (8 * W - 1);
+    constexpr uint64_t kMask = W == 8 ? ~0ull : (1ull << (8 * W)) - 1;
+    return (bits & kSign) ? (~bits & kMask) : (bits | kSign);
+  }
+}
+
+template <size_t W, bool kFloat>
+uint64_t bits_of(uint64_t key) {
+  if constexpr (!kFloat) {
+    return key;
+  } else {
+    constexpr uint64_t kSign = 1ull << (8 * W - 1);
+    constexpr uint64_t kMask = W == 8 ? ~0ull : (1ull << (8 * W)) - 1;
+    return (key & kSign) ? (key & ~kSign) : (~key & kMask);
+  }
+}
+
+// Calls fn.template operator()<W, kFloat>() for the dtype's width and float-ness.
+template <typename Fn>
+auto dispatch(DType dtype, Fn&& fn) {
+  const bool f = is_float(dtype);
+  switch (dtype_size_bytes(dtype)) {
+    case 1: return f ? fn.template operator()<1, true>() : fn.template operator()<1, false>();
+    case 2: return f ? fn.template operator()<2, true>() : fn.template operator()<2, false>();
+    case 4: return f ? fn.template operator()<4, true>() : fn.template operator()<4, false>();
+    default: return f ? fn.template operator()<8, true>() : fn.template operator()<8, false>();
+  }
+}
 
 // Sign-extends a w-byte value to int64.
 int64_t sign_extend(uint64_t v, size_t w) {
@@ -80,13 +119,32 @@ class BitWriter {
 class BitReader {
  public:
   explicit BitReader(std::span<const std::byte> in) : in_(in) {}
+  // Reads `bits` (0..64) LSB-first; false when the input runs out.
   bool get(uint32_t bits, uint64_t* out) {
+    if (bits == 0) {
+      *out = 0;
+      return true;
+    }
+    if (bits > 64 || static_cast<uint64_t>(bits) > total_bits() - pos_) return false;
     uint64_t v = 0;
-    for (uint32_t i = 0; i < bits; ++i) {
-      if (pos_ >= in_.size() * 8) return false;
-      const uint64_t bit = (static_cast<uint64_t>(in_[pos_ / 8]) >> (pos_ % 8)) & 1;
-      v |= bit << i;
-      ++pos_;
+    uint32_t got = 0;
+    while (got < bits) {
+      const uint64_t byte_index = pos_ / 8;
+      const uint32_t bit_in_byte = static_cast<uint32_t>(pos_ % 8);
+      // Load up to 8 bytes starting at byte_index.
+      uint64_t word = 0;
+      const size_t avail = std::min<size_t>(8, in_.size() - byte_index);
+      if (avail == 8) {
+        std::memcpy(&word, in_.data() + byte_index, 8);
+      } else {
+        for (size_t k = 0; k < avail; ++k) word |= static_cast<uint64_t>(in_[byte_index + k]) << (8 * k);
+      }
+      word >>= bit_in_byte;
+      const uint32_t take = std::min<uint32_t>(bits - got, std::min<uint32_t>(64 - bit_in_byte, static_cast<uint32_t>(avail * 8) - bit_in_byte));
+      const uint64_t mask = take == 64 ? ~0ull : (1ull << take) - 1;
+      v |= (word & mask) << got;
+      got += take;
+      pos_ += take;
     }
     *out = v;
     return true;
@@ -99,6 +157,7 @@ class BitReader {
   }
 
  private:
+  uint64_t total_bits() const { return static_cast<uint64_t>(in_.size()) * 8; }
   std::span<const std::byte> in_;
   uint64_t pos_ = 0;
 };
@@ -116,20 +175,74 @@ bool get_section(std::span<const std::byte> in, size_t* at, std::span<const std:
   return true;
 }
 
+template <size_t W, bool kFloat>
+Status decode_symbols(rans::Decoder& dec, const rans::Model& gap_model, const rans::Model& value_model,
+                      std::span<const std::byte> mantissa_bytes, std::span<const std::byte> escape_bytes, uint64_t n,
+                      uint64_t numel, std::span<const std::byte> base, const ChangeSink& sink) {
+  constexpr uint64_t mask = W == 8 ? ~0ull : (1ull << (8 * W)) - 1;
+  const size_t w = W;
+  BitReader mantissas(mantissa_bytes);
+  size_t escape_at = 0;
+  PositionChecker checker(numel, sink, w, n);
+  std::vector<std::byte> values(static_cast<size_t>(std::min<uint64_t>(n, kSinkBatch)) * w);
+  size_t value_count = 0;  // values held for the pending batch
+  uint64_t prev = 0;
+  for (uint64_t i = 0; i < n; ++i) {
+    uint32_t len = 0;
+    if (!dec.next(gap_model, &len)) return decode_error("rANS stream ends early");
+    uint64_t gap = 0;
+    if (len == 1) {
+      gap = 1;
+    } else if (len >= 2) {
+      uint64_t low = 0;
+      if (!mantissas.get(len - 1, &low)) return decode_error("mantissa bits run out");
+      gap = (1ull << (len - 1)) | low;
+    }
+    uint64_t p = 0;
+    if (i == 0) {
+      p = gap;
+    } else if (__builtin_add_overflow(prev, gap, &p) || __builtin_add_overflow(p, 1ull, &p)) {
+      return make_error(ErrorCode::kPositions, "native: gap sum overflows");
+    }
+    DWS_RETURN_IF_ERROR(checker.push(p));
+    prev = p;
+    uint32_t sym = 0;
+    if (!dec.next(value_model, &sym)) return decode_error("rANS stream ends early");
+    uint64_t zz = sym;
+    if (sym == kEscape) {
+      uint64_t extra = 0;
+      if (!rans::get_varint(escape_bytes, &escape_at, &extra) || __builtin_add_overflow(extra, kEscape, &zz)) {
+        return decode_error("bad escape");
+      }
+    }
+    if (zz == 0) return decode_error("position " + std::to_string(p) + " listed with an unchanged value");
+    if constexpr (W < 8) {
+      if ((zz >> (8 * W)) != 0) return decode_error("value distance " + std::to_string(zz) + " wider than the element");
+    }
+    const uint64_t kb = key_of<W, kFloat>(load<W>(base.data() + p * W));
+    const uint64_t kt = (kb + static_cast<uint64_t>(unzigzag(zz))) & mask;
+    store<W>(values.data() + value_count * W, bits_of<W, kFloat>(kt));
+    ++value_count;
+    if (checker.full()) {
+      DWS_RETURN_IF_ERROR(checker.flush(values));
+      value_count = 0;
+    }
+  }
+  DWS_RETURN_IF_ERROR(checker.flush(values));
+  if (!dec.finished_cleanly()) return decode_error("rANS stream has leftover bytes or a wrong final state");
+  if (!mantissas.finished_cleanly()) return decode_error("unused mantissa bits");
+  if (escape_at != escape_bytes.size()) return decode_error("unused escape bytes");
+  return Status::Ok();
+}
+
 }  // namespace
 
 uint64_t to_key(DType dtype, uint64_t bits) {
-  if (!is_float(dtype)) return bits;
-  const size_t w = dtype_size_bytes(dtype);
-  const uint64_t sign = 1ull << (8 * w - 1);
-  return (bits & sign) ? (~bits & width_mask(w)) : (bits | sign);
+  return dispatch(dtype, [&]<size_t W, bool kFloat>() { return key_of<W, kFloat>(bits); });
 }
 
 uint64_t from_key(DType dtype, uint64_t key) {
-  if (!is_float(dtype)) return key;
-  const size_t w = dtype_size_bytes(dtype);
-  const uint64_t sign = 1ull << (8 * w - 1);
-  return (key & sign) ? (key & ~sign) : (~key & width_mask(w));
+  return dispatch(dtype, [&]<size_t W, bool kFloat>() { return bits_of<W, kFloat>(key); });
 }
 
 Result<std::vector<std::byte>> encode(DType dtype, std::span<const std::byte> base, std::span<const std::byte> target,
@@ -142,6 +255,17 @@ Result<std::vector<std::byte>> encode(DType dtype, std::span<const std::byte> ba
   BitWriter mantissas;
   std::vector<std::byte> escapes;
   uint64_t prev = 0;
+  // Value distances, with the element width and float-ness fixed at compile time.
+  std::vector<uint64_t> distances(n);
+  dispatch(dtype, [&]<size_t W, bool kFloat>() {
+    for (size_t i = 0; i < n; ++i) {
+      const uint64_t p = positions[i];
+      const uint64_t kb = key_of<W, kFloat>(load<W>(base.data() + p * W));
+      const uint64_t kt = key_of<W, kFloat>(load<W>(target.data() + p * W));
+      distances[i] = zigzag(sign_extend((kt - kb) & mask, W));
+    }
+    return 0;
+  });
   for (size_t i = 0; i < n; ++i) {
     const uint64_t p = positions[i];
     const uint64_t gap = i == 0 ? p : p - prev - 1;
@@ -150,9 +274,7 @@ Result<std::vector<std::byte>> encode(DType dtype, std::span<const std::byte> ba
     gap_symbols[i] = len;
     ++gap_counts[len];
     if (len >= 2) mantissas.put(gap, len - 1);  // the bits below the leading one
-    const uint64_t kb = to_key(dtype, load(base.data() + p * w, w));
-    const uint64_t kt = to_key(dtype, load(target.data() + p * w, w));
-    const uint64_t zz = zigzag(sign_extend((kt - kb) & mask, w));
+    const uint64_t zz = distances[i];
     if (zz >= kEscape) {
       value_symbols[i] = static_cast<uint32_t>(kEscape);
       rans::put_varint(escapes, zz - kEscape);
@@ -183,7 +305,6 @@ Result<std::vector<std::byte>> encode(DType dtype, std::span<const std::byte> ba
 Status decode(DType dtype, uint64_t numel, uint64_t changes, std::span<const std::byte> payload,
               std::span<const std::byte> base, const ChangeSink& sink) {
   const size_t w = dtype_size_bytes(dtype);
-  const uint64_t mask = width_mask(w);
   if (base.size() != numel * w) return make_error(ErrorCode::kInternal, "native: base has the wrong size");
   size_t at = 0;
   if (payload.empty() || static_cast<uint8_t>(payload[0]) != kVersion) return decode_error("unknown payload version");
@@ -203,55 +324,9 @@ Status decode(DType dtype, uint64_t numel, uint64_t changes, std::span<const std
   }
   if (at != payload.size()) return decode_error(std::to_string(payload.size() - at) + " trailing bytes");
   DWS_ASSIGN_OR_RETURN(rans::Decoder dec, rans::Decoder::start(stream));
-  BitReader mantissas(mantissa_bytes);
-  size_t escape_at = 0;
-  PositionChecker checker(numel, sink, w);
-  std::vector<std::byte> values;
-  values.reserve(kSinkBatch * w);
-  uint64_t prev = 0;
-  for (uint64_t i = 0; i < n; ++i) {
-    DWS_ASSIGN_OR_RETURN(uint32_t len, dec.next(gap_model));
-    uint64_t gap = 0;
-    if (len == 1) {
-      gap = 1;
-    } else if (len >= 2) {
-      uint64_t low = 0;
-      if (!mantissas.get(len - 1, &low)) return decode_error("mantissa bits run out");
-      gap = (1ull << (len - 1)) | low;
-    }
-    uint64_t p = 0;
-    if (i == 0) {
-      p = gap;
-    } else if (__builtin_add_overflow(prev, gap, &p) || __builtin_add_overflow(p, 1ull, &p)) {
-      return make_error(ErrorCode::kPositions, "native: gap sum overflows");
-    }
-    DWS_RETURN_IF_ERROR(checker.push(p));
-    prev = p;
-    DWS_ASSIGN_OR_RETURN(uint32_t sym, dec.next(value_model));
-    uint64_t zz = sym;
-    if (sym == kEscape) {
-      uint64_t extra = 0;
-      if (!rans::get_varint(escape_bytes, &escape_at, &extra) || __builtin_add_overflow(extra, kEscape, &zz)) {
-        return decode_error("bad escape");
-      }
-    }
-    if (zz == 0) return decode_error("position " + std::to_string(p) + " listed with an unchanged value");
-    if (w < 8 && (zz >> (8 * w)) != 0) return decode_error("value distance " + std::to_string(zz) + " wider than the element");
-    const uint64_t kb = to_key(dtype, load(base.data() + p * w, w));
-    const uint64_t kt = (kb + static_cast<uint64_t>(unzigzag(zz))) & mask;
-    const size_t v_at = values.size();
-    values.resize(v_at + w);
-    store(values.data() + v_at, w, from_key(dtype, kt));
-    if (checker.full()) {
-      DWS_RETURN_IF_ERROR(checker.flush(values));
-      values.clear();
-    }
-  }
-  DWS_RETURN_IF_ERROR(checker.flush(values));
-  if (!dec.finished_cleanly()) return decode_error("rANS stream has leftover bytes or a wrong final state");
-  if (!mantissas.finished_cleanly()) return decode_error("unused mantissa bits");
-  if (escape_at != escape_bytes.size()) return decode_error("unused escape bytes");
-  return Status::Ok();
+  return dispatch(dtype, [&]<size_t W, bool kFloat>() {
+    return decode_symbols<W, kFloat>(dec, gap_model, value_model, mantissa_bytes, escape_bytes, n, numel, base, sink);
+  });
 }
 
 }  // namespace dws::codec::native

@@ -37,7 +37,7 @@ void build_tables(Model& m) {
   uint32_t c = 0;
   for (size_t s = 0; s < m.freq.size(); ++s) {
     m.start[s] = static_cast<uint16_t>(c);
-    for (uint32_t k = 0; k < m.freq[s]; ++k) m.slot_to_symbol[c + k] = static_cast<uint8_t>(s);
+    std::fill_n(m.slot_to_symbol.begin() + c, m.freq[s], static_cast<uint8_t>(s));
     c += m.freq[s];
   }
 }
@@ -143,17 +143,6 @@ Result<Decoder> Decoder::start(std::span<const std::byte> stream) {
   for (int k = 0; k < 4; ++k) d.state_ = (d.state_ << 8) | static_cast<uint32_t>(stream[d.at_++]);
   if (d.state_ < kLow) return decode_error("initial state below the lower bound");
   return d;
-}
-
-Result<uint32_t> Decoder::next(const Model& m) {
-  const uint32_t slot = state_ & (kProbScale - 1);
-  const uint32_t s = m.slot_to_symbol[slot];
-  state_ = m.freq[s] * (state_ >> kProbBits) + slot - m.start[s];
-  while (state_ < kLow) {
-    if (at_ >= stream_.size()) return decode_error("stream ends early");
-    state_ = (state_ << 8) | static_cast<uint32_t>(stream_[at_++]);
-  }
-  return s;
 }
 
 }  // namespace dws::rans

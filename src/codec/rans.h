@@ -50,8 +50,18 @@ class Decoder {
  public:
   // Reads the 4-byte initial state; E_DECODE when the stream is too short.
   static Result<Decoder> start(std::span<const std::byte> stream);
-  // Next symbol under `model`; E_DECODE when the stream runs out.
-  Result<uint32_t> next(const Model& model);
+  // Next symbol under `model`; false when the stream runs out (the caller reports E_DECODE).
+  bool next(const Model& model, uint32_t* symbol) {
+    const uint32_t slot = state_ & (kProbScale - 1);
+    const uint32_t s = model.slot_to_symbol[slot];
+    state_ = model.freq[s] * (state_ >> kProbBits) + slot - model.start[s];
+    while (state_ < kLow) {
+      if (at_ >= stream_.size()) return false;
+      state_ = (state_ << 8) | static_cast<uint32_t>(stream_[at_++]);
+    }
+    *symbol = s;
+    return true;
+  }
   // True when every byte was consumed and the state is back at its initial value (an integrity check).
   bool finished_cleanly() const { return at_ == stream_.size() && state_ == kLow; }
 
