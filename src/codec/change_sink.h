@@ -43,6 +43,7 @@ class PositionChecker {
     return st;
   }
   size_t pending() const { return batch_.size(); }
+  std::span<const uint64_t> pending_positions() const { return batch_; }
   uint64_t count() const { return count_; }
 
  private:

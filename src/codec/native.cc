@@ -184,8 +184,21 @@ Status decode_symbols(rans::Decoder& dec, const rans::Model& gap_model, const ra
   BitReader mantissas(mantissa_bytes);
   size_t escape_at = 0;
   PositionChecker checker(numel, sink, w, n);
-  std::vector<std::byte> values(static_cast<size_t>(std::min<uint64_t>(n, kSinkBatch)) * w);
-  size_t value_count = 0;  // values held for the pending batch
+  const size_t batch = static_cast<size_t>(std::min<uint64_t>(n, kSinkBatch));
+  std::vector<std::byte> values(batch * w);
+  std::vector<uint64_t> distances(batch);
+  // Two phases per batch: the symbol decode is a serial dependency chain, so reading the base inside it
+  // would serialize one cache miss per change on models larger than the cache. Phase 2 reads the base
+  // in a loop of independent loads that the CPU overlaps.
+  auto finish_batch = [&]() -> Status {
+    const std::span<const uint64_t> pos = checker.pending_positions();
+    for (size_t k = 0; k < pos.size(); ++k) {
+      const uint64_t kb = key_of<W, kFloat>(load<W>(base.data() + pos[k] * W));
+      const uint64_t kt = (kb + static_cast<uint64_t>(unzigzag(distances[k]))) & mask;
+      store<W>(values.data() + k * W, bits_of<W, kFloat>(kt));
+    }
+    return checker.flush(values);
+  };
   uint64_t prev = 0;
   for (uint64_t i = 0; i < n; ++i) {
     uint32_t len = 0;
@@ -219,16 +232,10 @@ Status decode_symbols(rans::Decoder& dec, const rans::Model& gap_model, const ra
     if constexpr (W < 8) {
       if ((zz >> (8 * W)) != 0) return decode_error("value distance " + std::to_string(zz) + " wider than the element");
     }
-    const uint64_t kb = key_of<W, kFloat>(load<W>(base.data() + p * W));
-    const uint64_t kt = (kb + static_cast<uint64_t>(unzigzag(zz))) & mask;
-    store<W>(values.data() + value_count * W, bits_of<W, kFloat>(kt));
-    ++value_count;
-    if (checker.full()) {
-      DWS_RETURN_IF_ERROR(checker.flush(values));
-      value_count = 0;
-    }
+    distances[checker.pending() - 1] = zz;
+    if (checker.full()) DWS_RETURN_IF_ERROR(finish_batch());
   }
-  DWS_RETURN_IF_ERROR(checker.flush(values));
+  DWS_RETURN_IF_ERROR(finish_batch());
   if (!dec.finished_cleanly()) return decode_error("rANS stream has leftover bytes or a wrong final state");
   if (!mantissas.finished_cleanly()) return decode_error("unused mantissa bits");
   if (escape_at != escape_bytes.size()) return decode_error("unused escape bytes");

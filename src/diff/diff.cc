@@ -21,6 +21,23 @@ inline uint64_t load_u64(const std::byte* p) {
   return v;
 }
 
+// For a word of XORed elements of W bytes: the top bit of every lane that is non-zero, others clear.
+template <size_t W>
+inline uint64_t lane_flags(uint64_t x) {
+  if constexpr (W == 8) {
+    return x ? 1ull << 63 : 0;
+  } else {
+    constexpr uint64_t kHigh = [] {  // top bit of each W-byte lane
+      uint64_t m = 0;
+      for (size_t lane = 0; lane < 8 / W; ++lane) m |= 1ull << (8 * W * (lane + 1) - 1);
+      return m;
+    }();
+    // (x & ~kHigh) + ~kHigh sets a lane's top bit iff its low bits are non-zero (no carry across lanes);
+    // OR with x itself catches lanes whose only set bit is the top one.
+    return (((x & ~kHigh) + ~kHigh) | x) & kHigh;
+  }
+}
+
 // Appends positions in [elem_begin, elem_end) where a and b differ; a and b point at element 0.
 template <size_t W>
 void scan_range(const std::byte* a, const std::byte* b, uint64_t elem_begin, uint64_t elem_end,
@@ -45,13 +62,13 @@ void scan_range(const std::byte* a, const std::byte* b, uint64_t elem_begin, uin
     for (int k = 0; k < 8; ++k) {
       uint64_t w = x[k];
       if (w == 0) continue;
-      if constexpr (W == 8) {
-        out.push_back(i + static_cast<uint64_t>(k));
-      } else {
-        constexpr uint64_t kLaneMask = (1ull << (8 * W)) - 1;
-        for (size_t lane = 0; lane < 8 / W; ++lane) {
-          if ((w >> (8 * W * lane)) & kLaneMask) out.push_back(i + static_cast<uint64_t>(k) * (8 / W) + lane);
-        }
+      // One bit per changed lane (the lane's top bit), then one iteration per changed lane: no
+      // per-lane branch to mispredict when most blocks change (dense steps).
+      uint64_t lanes = lane_flags<W>(w);
+      const uint64_t first = i + static_cast<uint64_t>(k) * (8 / W);
+      while (lanes) {
+        out.push_back(first + static_cast<uint64_t>(__builtin_ctzll(lanes)) / (8 * W));
+        lanes &= lanes - 1;
       }
     }
   }
