@@ -127,7 +127,9 @@ Status fill_tensor(const Checkpoint& base, const Patch& patch, const TensorSpec&
   } else {
     std::memcpy(out.data(), base.bytes(*b).data(), out.size());
     const size_t w = dtype_size_bytes(t->dtype);
-    Status st = codec::decode_changes(decode_params(*t), payload_views(patch, *t), base.bytes(*b),
+    // Decoding against `out` (which now holds the base) keeps base reads and scatter writes on the same
+    // cache lines; codecs.h allows the aliasing.
+    Status st = codec::decode_changes(decode_params(*t), payload_views(patch, *t), out,
                                       [&](std::span<const uint64_t> pos, std::span<const std::byte> vals) {
                                         scatter(out, w, pos, vals);
                                         stats.changes += pos.size();

@@ -68,7 +68,10 @@ struct DecodeParams {
 // positions.size() elements of dtype_size_bytes(dtype) each.
 using ChangeSink = std::function<Status(std::span<const uint64_t> positions, std::span<const std::byte> values)>;
 
-// Decodes a modified tensor (not kFull). `base` is the receiver's current tensor (read for kXorZstd).
+// Decodes a modified tensor (not kFull). `base` is the receiver's current tensor (read by kXorZstd and
+// kNative). `base` may be the very buffer the sink writes into: every decoder reads a position's base
+// value before the sink receives that position, and positions are unique, so no value is read after it
+// was overwritten.
 Status decode_changes(const DecodeParams& params, std::span<const PayloadView> payloads,
                       std::span<const std::byte> base, const ChangeSink& sink);
 
