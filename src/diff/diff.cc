@@ -114,6 +114,10 @@ void run_jobs(std::vector<Job>& jobs, size_t threads) {
     const Job& job = jobs[ch.job];
     scan(job.a, job.b, job.elem_size, ch.elem_begin, ch.elem_end, results[c]);
   });
+  // Concatenate per job with one allocation each (growing by insert copied dense results repeatedly).
+  std::vector<size_t> totals(jobs.size(), 0);
+  for (size_t c = 0; c < chunks.size(); ++c) totals[chunks[c].job] += results[c].size();
+  for (size_t j = 0; j < jobs.size(); ++j) jobs[j].out->reserve(jobs[j].out->size() + totals[j]);
   for (size_t c = 0; c < chunks.size(); ++c) {
     auto& dst = *jobs[chunks[c].job].out;
     dst.insert(dst.end(), results[c].begin(), results[c].end());
