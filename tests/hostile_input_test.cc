@@ -169,6 +169,8 @@ TEST_F(HostilePatch, InconsistentMetadata) {
                  ErrorCode::kPatchMetadata, "layout file escapes");
   expect_refused(craft(original, [](PatchHeader& h, auto&) { h.format_version = 2; }), ErrorCode::kUnsupported,
                  "future format version");
+  expect_refused(craft(original, [](PatchHeader& h, auto&) { h.tensors[0].encoding = Encoding::kAuto; }),
+                 ErrorCode::kPatchMetadata, "'auto' claimed as a stored tensor encoding");
 }
 
 TEST_F(HostilePatch, WrongBaseIsRefusedByName) {
