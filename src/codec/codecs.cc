@@ -130,14 +130,12 @@ Result<std::vector<std::byte>> xor_zstd_compress(std::span<const std::byte> base
   return out;
 }
 
-}  // namespace
-
-namespace {
 uint64_t payload_size(const EncodedTensor& e) {
   uint64_t n = 0;
   for (const auto& p : e.payloads) n += p.bytes.size();
   return n;
 }
+
 }  // namespace
 
 Result<EncodedTensor> encode_tensor(Encoding encoding, const EncodeInput& input, std::span<const uint64_t> shape,

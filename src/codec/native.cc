@@ -24,7 +24,11 @@ bool is_float(DType d) {
          d == DType::kF64;
 }
 
-uint64_t width_mask(size_t w) { return w == 8 ? ~0ull : (1ull << (8 * w)) - 1; }
+// All bits of a W-byte element, and its top (sign) bit.
+template <size_t W>
+inline constexpr uint64_t kWidthMask = W == 8 ? ~0ull : (1ull << (8 * W)) - 1;
+template <size_t W>
+inline constexpr uint64_t kSignBit = 1ull << (8 * W - 1);
 
 template <size_t W>
 uint64_t load(const std::byte* p) {
@@ -43,9 +47,7 @@ uint64_t key_of(uint64_t bits) {
   if constexpr (!kFloat) {
     return bits;
   } else {
-    constexpr uint64_t kSign = 1ull << (8 * W - 1);
-    constexpr uint64_t kMask = W == 8 ? ~0ull : (1ull << (8 * W)) - 1;
-    return (bits & kSign) ? (~bits & kMask) : (bits | kSign);
+    return (bits & kSignBit<W>) ? (~bits & kWidthMask<W>) : (bits | kSignBit<W>);
   }
 }
 
@@ -54,9 +56,7 @@ uint64_t bits_of(uint64_t key) {
   if constexpr (!kFloat) {
     return key;
   } else {
-    constexpr uint64_t kSign = 1ull << (8 * W - 1);
-    constexpr uint64_t kMask = W == 8 ? ~0ull : (1ull << (8 * W)) - 1;
-    return (key & kSign) ? (key & ~kSign) : (~key & kMask);
+    return (key & kSignBit<W>) ? (key & ~kSignBit<W>) : (~key & kWidthMask<W>);
   }
 }
 
@@ -179,13 +179,11 @@ template <size_t W, bool kFloat>
 Status decode_symbols(rans::Decoder& dec, const rans::Model& gap_model, const rans::Model& value_model,
                       std::span<const std::byte> mantissa_bytes, std::span<const std::byte> escape_bytes, uint64_t n,
                       uint64_t numel, std::span<const std::byte> base, const ChangeSink& sink) {
-  constexpr uint64_t mask = W == 8 ? ~0ull : (1ull << (8 * W)) - 1;
-  const size_t w = W;
   BitReader mantissas(mantissa_bytes);
   size_t escape_at = 0;
-  PositionChecker checker(numel, sink, w, n);
+  PositionChecker checker(numel, sink, W, n);
   const size_t batch = static_cast<size_t>(std::min<uint64_t>(n, kSinkBatch));
-  std::vector<std::byte> values(batch * w);
+  std::vector<std::byte> values(batch * W);
   std::vector<uint64_t> distances(batch);
   // Two phases per batch: the symbol decode is a serial dependency chain, so reading the base inside it
   // would serialize one cache miss per change on models larger than the cache. Phase 2 reads the base
@@ -194,7 +192,7 @@ Status decode_symbols(rans::Decoder& dec, const rans::Model& gap_model, const ra
     const std::span<const uint64_t> pos = checker.pending_positions();
     for (size_t k = 0; k < pos.size(); ++k) {
       const uint64_t kb = key_of<W, kFloat>(load<W>(base.data() + pos[k] * W));
-      const uint64_t kt = (kb + static_cast<uint64_t>(unzigzag(distances[k]))) & mask;
+      const uint64_t kt = (kb + static_cast<uint64_t>(unzigzag(distances[k]))) & kWidthMask<W>;
       store<W>(values.data() + k * W, bits_of<W, kFloat>(kt));
     }
     return checker.flush(values);
@@ -254,8 +252,6 @@ uint64_t from_key(DType dtype, uint64_t key) {
 
 Result<std::vector<std::byte>> encode(DType dtype, std::span<const std::byte> base, std::span<const std::byte> target,
                                       std::span<const uint64_t> positions) {
-  const size_t w = dtype_size_bytes(dtype);
-  const uint64_t mask = width_mask(w);
   const size_t n = positions.size();
   std::vector<uint32_t> gap_symbols(n), value_symbols(n);
   std::vector<uint64_t> gap_counts(kGapAlphabet, 0), value_counts(kValueAlphabet, 0);
@@ -269,7 +265,7 @@ Result<std::vector<std::byte>> encode(DType dtype, std::span<const std::byte> ba
       const uint64_t p = positions[i];
       const uint64_t kb = key_of<W, kFloat>(load<W>(base.data() + p * W));
       const uint64_t kt = key_of<W, kFloat>(load<W>(target.data() + p * W));
-      distances[i] = zigzag(sign_extend((kt - kb) & mask, W));
+      distances[i] = zigzag(sign_extend((kt - kb) & kWidthMask<W>, W));
     }
     return 0;
   });
