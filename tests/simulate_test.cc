@@ -143,7 +143,14 @@ TEST(Simulate, RefusesBadOptions) {
   o.shape = "tiny";
   o.lr = -1;
   EXPECT_EQ(simulate_trajectory(dir.path(), o).status().code(), ErrorCode::kInvalidArgument);
+  o.lr = 1e-6;
+  o.steps = 0;
+  EXPECT_EQ(simulate_trajectory(dir.path(), o).status().code(), ErrorCode::kInvalidArgument);
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+  auto bad_params = test::run_cli({"simulate", "-o", dir / "p", "--params", "lots"});
+  EXPECT_EQ(bad_params.exit_code, 2) << bad_params.output;
+  EXPECT_NE(bad_params.output.find("--params 'lots'"), std::string::npos) << bad_params.output;
+  EXPECT_FALSE(std::filesystem::exists(dir / "p/step000.safetensors"));
   auto cli = test::run_cli({"simulate", "-o", dir / "x", "--dtype", "I8"});
   EXPECT_EQ(cli.exit_code, 2) << cli.output;
   EXPECT_NE(cli.output.find("I8"), std::string::npos);
