@@ -84,6 +84,15 @@ Case make_simulated(const std::string& work, const std::string& spec) {
   return {name, dir + "/step000.safetensors", dir + "/step001.safetensors"};
 }
 
+// An encoding as the bench runs it: `class_positions` adds native's class layout (O(elements) decode).
+struct Variant {
+  Encoding encoding;
+  bool class_positions = false;
+  std::string label() const {
+    return std::string(encoding_name(encoding)) + (class_positions ? "+class" : "");
+  }
+};
+
 struct Row {
   std::string dataset, encoding;
   uint64_t changes = 0, elements = 0, model_bytes = 0, payload_bytes = 0, file_bytes = 0;
@@ -94,26 +103,26 @@ struct Row {
 };
 
 // diff + encode of every tensor, as create_patch does it minus digests and the file write.
-void diff_and_encode(const Checkpoint& base, const Checkpoint& target, Encoding enc, size_t threads) {
+void diff_and_encode(const Checkpoint& base, const Checkpoint& target, const Variant& v, size_t threads) {
   auto diffs = diff_checkpoints(base, target, threads);
   ThreadPool pool(threads);
   pool.parallel_for(diffs.size(), [&](size_t i) {
     const TensorDiff& d = diffs[i];
     if (d.change != TensorChange::kModified) return;
-    auto e = codec::encode_tensor(enc, {d.target->dtype, base.bytes(*d.base), target.bytes(*d.target), d.positions},
-                                  d.target->shape, 1);
+    auto e = codec::encode_tensor(v.encoding, {d.target->dtype, base.bytes(*d.base), target.bytes(*d.target), d.positions},
+                                  d.target->shape, {1, v.class_positions});
     if (!e.ok()) die(e.status());
   });
 }
 
-Row measure(const Case& c, Encoding enc, const std::string& work, double memcpy_s, uint64_t model_bytes) {
+Row measure(const Case& c, const Variant& v, const std::string& work, double memcpy_s, uint64_t model_bytes) {
   auto base = must(Checkpoint::open(c.base));
   auto target = must(Checkpoint::open(c.target));
   Row row;
   row.dataset = c.name;
-  row.encoding = std::string(encoding_name(enc));
+  row.encoding = v.label();
   const std::string patch_path = work + "/bench.dwsp";
-  auto stats = must(create_patch(base, target, patch_path, {enc, 2, 1}));
+  auto stats = must(create_patch(base, target, patch_path, {v.encoding, 2, 1, v.class_positions}));
   row.changes = stats.changes;
   row.elements = stats.elements;
   row.model_bytes = model_bytes;
@@ -121,8 +130,8 @@ Row measure(const Case& c, Encoding enc, const std::string& work, double memcpy_
   row.file_bytes = stats.patch_file_bytes;
   row.scan_ratio_1t = memcpy_s / median_seconds([&] { (void)diff_checkpoints(base, target, 1); });
   row.scan_ratio_2t = memcpy_s / median_seconds([&] { (void)diff_checkpoints(base, target, 2); });
-  row.diff_ratio_1t = memcpy_s / median_seconds([&] { diff_and_encode(base, target, enc, 1); });
-  row.diff_ratio_2t = memcpy_s / median_seconds([&] { diff_and_encode(base, target, enc, 2); });
+  row.diff_ratio_1t = memcpy_s / median_seconds([&] { diff_and_encode(base, target, v, 1); });
+  row.diff_ratio_2t = memcpy_s / median_seconds([&] { diff_and_encode(base, target, v, 2); });
 
   // decode + scatter into a buffer holding the base, decoding against that same buffer as an in-place
   // apply does (base values and the scatter share cache lines). The buffer is reset before each run.
@@ -238,9 +247,9 @@ int main(int argc, char** argv) {
   json out = json::object();
   out["runs"] = g_runs;
   out["rows"] = json::array();
-  std::printf("%-30s %-10s %9s %8s %9s %9s %8s %8s %8s %8s %9s %9s\n", "dataset", "encoding", "changes", "density", "payB/chg",
+  std::printf("%-30s %-12s %9s %8s %9s %9s %8s %8s %8s %8s %9s %9s\n", "dataset", "encoding", "changes", "density", "payB/chg",
               "fileB/chg", "scan 1t", "scan 2t", "d+e 1t", "d+e 2t", "apply", "inplace");
-  std::printf("%-30s %-10s %9s %8s %9s %9s %8s %8s %8s %8s %9s %9s\n", "", "", "", "", "", "", "x memcpy", "x memcpy", "x memcpy",
+  std::printf("%-30s %-12s %9s %8s %9s %9s %8s %8s %8s %8s %9s %9s\n", "", "", "", "", "", "", "x memcpy", "x memcpy", "x memcpy",
               "x memcpy", "t/memcpy", "t/memcpy");
   for (const Case& c : cases) {
     auto base = must(Checkpoint::open(c.base));
@@ -249,11 +258,12 @@ int main(int argc, char** argv) {
     std::memset(src.data(), 1, src.size());
     std::memset(dst.data(), 2, dst.size());
     const double memcpy_s = median_seconds([&] { std::memcpy(dst.data(), src.data(), model_bytes); });
-    for (Encoding enc : {Encoding::kAuto, Encoding::kNative, Encoding::kIndices, Encoding::kGaps, Encoding::kGapsZstd,
-                         Encoding::kXorZstd}) {
-      Row r = measure(c, enc, work, memcpy_s, model_bytes);
+    for (const Variant& v : {Variant{Encoding::kAuto}, Variant{Encoding::kNative}, Variant{Encoding::kNative, true},
+                             Variant{Encoding::kIndices}, Variant{Encoding::kGaps}, Variant{Encoding::kGapsZstd},
+                             Variant{Encoding::kXorZstd}}) {
+      Row r = measure(c, v, work, memcpy_s, model_bytes);
       const double chg = static_cast<double>(std::max<uint64_t>(r.changes, 1));
-      std::printf("%-30s %-10s %9llu %7.3f%% %9.2f %9.2f %8.3f %8.3f %8.3f %8.3f %9.3f %9.3f\n", r.dataset.c_str(), r.encoding.c_str(),
+      std::printf("%-30s %-12s %9llu %7.3f%% %9.2f %9.2f %8.3f %8.3f %8.3f %8.3f %9.3f %9.3f\n", r.dataset.c_str(), r.encoding.c_str(),
                   static_cast<unsigned long long>(r.changes), 100.0 * static_cast<double>(r.changes) / static_cast<double>(r.elements),
                   static_cast<double>(r.payload_bytes) / chg, static_cast<double>(r.file_bytes) / chg, r.scan_ratio_1t,
                   r.scan_ratio_2t, r.diff_ratio_1t,

@@ -24,6 +24,18 @@ class Cli : public ::testing::Test {
   std::vector<test::HostTensor> base_, next_;
 };
 
+TEST_F(Cli, ClassPositionsFlagWritesAnApplicablePatch) {
+  if (!test::trajectory_available()) GTEST_SKIP();
+  auto plain = run_cli({"diff", test::trajectory_step(0), test::trajectory_step(1), "-o", dir_ / "a.dwsp"});
+  auto cls = run_cli({"diff", test::trajectory_step(0), test::trajectory_step(1), "-o", dir_ / "c.dwsp", "--class-positions"});
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  ASSERT_EQ(cls.exit_code, 0) << cls.output;
+  EXPECT_LT(std::filesystem::file_size(dir_ / "c.dwsp"), std::filesystem::file_size(dir_ / "a.dwsp"));
+  auto a = run_cli({"apply", test::trajectory_step(0), dir_ / "c.dwsp", "-o", dir_ / "out.safetensors"});
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  EXPECT_TRUE(test::same_tensors(dir_ / "out.safetensors", test::trajectory_step(1)));
+}
+
 TEST_F(Cli, DiffApplyInspectVerify) {
   auto d = run_cli({"diff", dir_ / "base.safetensors", dir_ / "next.safetensors", "-o", dir_ / "p.dwsp", "--encoding", "indices"});
   ASSERT_EQ(d.exit_code, 0) << d.output;

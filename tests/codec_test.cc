@@ -43,7 +43,7 @@ TEST(Codec, EveryEncodingRoundTripsEveryDtypeAndDensity) {
         ASSERT_TRUE(positions.ok());
         if (positions->empty()) continue;
         for (Encoding enc : test::kPatchEncodings) {
-          auto e = codec::encode_tensor(enc, {dt, base.bytes, next.bytes, *positions}, base.shape, 1);
+          auto e = codec::encode_tensor(enc, {dt, base.bytes, next.bytes, *positions}, base.shape, {});
           ASSERT_TRUE(e.ok()) << e.status().to_string();
           if (e->encoding == Encoding::kFull) {  // auto may choose the whole tensor: it must be the target
             ASSERT_EQ(enc, Encoding::kAuto);
@@ -72,7 +72,7 @@ TEST(Codec, AutoNeverLosesToTheFormsItConsiders) {
     auto positions = *diff_elements(base.bytes, next.bytes, 2, 1);
     codec::EncodeInput in{DType::kBF16, base.bytes, next.bytes, positions};
     auto size = [&](Encoding e) {
-      auto r = codec::encode_tensor(e, in, base.shape, 1);
+      auto r = codec::encode_tensor(e, in, base.shape, {});
       EXPECT_TRUE(r.ok());
       uint64_t n = 0;
       for (const auto& p : r->payloads) n += p.bytes.size();
@@ -93,7 +93,7 @@ TEST(Codec, GapWidthFallsBackForLongGaps) {
   std::vector<uint64_t> positions = {5, 70005, 199999};  // gap of 70000 does not fit in uint16
   std::vector<std::byte> base(numel), next(numel);
   for (uint64_t p : positions) next[p] = std::byte{1};
-  auto e = codec::encode_tensor(Encoding::kGaps, {DType::kU8, base, next, positions}, std::vector<uint64_t>{numel}, 1);
+  auto e = codec::encode_tensor(Encoding::kGaps, {DType::kU8, base, next, positions}, std::vector<uint64_t>{numel}, {});
   ASSERT_TRUE(e.ok());
   EXPECT_EQ(e->index_dtype, DType::kU32);
   auto d = decode(*e, DType::kU8, numel, base);
@@ -132,7 +132,7 @@ TEST(Codec, ZstdDecodersRefuseWrongSizesAndGarbage) {
   auto next = test::mutate(rng, base, 0.05);
   auto positions = *diff_elements(base.bytes, next.bytes, 2, 1);
   for (Encoding enc : {Encoding::kGapsZstd, Encoding::kXorZstd}) {
-    auto e = *codec::encode_tensor(enc, {DType::kBF16, base.bytes, next.bytes, positions}, base.shape, 1);
+    auto e = *codec::encode_tensor(enc, {DType::kBF16, base.bytes, next.bytes, positions}, base.shape, {});
     // A declared tensor of a different size than the frame holds.
     if (enc == Encoding::kXorZstd) {
       std::vector<std::byte> small_base(2 * 4000);
@@ -158,7 +158,7 @@ TEST(Codec, XorZstdMismatchedChangeCountIsRefused) {
   auto base = test::random_tensor(rng, "t", DType::kF32, {999});
   auto next = test::mutate(rng, base, 0.1);
   auto positions = *diff_elements(base.bytes, next.bytes, 4, 1);
-  auto e = *codec::encode_tensor(Encoding::kXorZstd, {DType::kF32, base.bytes, next.bytes, positions}, base.shape, 1);
+  auto e = *codec::encode_tensor(Encoding::kXorZstd, {DType::kF32, base.bytes, next.bytes, positions}, base.shape, {});
   e.changes -= 1;
   EXPECT_EQ(decode(e, DType::kF32, 999, base.bytes).status().code(), ErrorCode::kPatchMetadata);
 }

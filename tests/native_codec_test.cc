@@ -120,14 +120,160 @@ TEST(Rans, RefusesBadModels) {
   EXPECT_TRUE(rans::Model::parse(u, &at, 256).ok());
 }
 
-class NativeDecode : public ::testing::Test {
+using codec::native::Layout;
+
+struct Decoded {
+  std::vector<uint64_t> positions;
+  std::vector<std::byte> values;
+};
+
+Result<Decoded> native_decode(DType dt, uint64_t numel, uint64_t changes, std::span<const std::byte> payload,
+                              std::span<const std::byte> base) {
+  Decoded out;
+  Status st = codec::native::decode(dt, numel, changes, payload, base,
+                                    [&](std::span<const uint64_t> p, std::span<const std::byte> v) {
+                                      out.positions.insert(out.positions.end(), p.begin(), p.end());
+                                      out.values.insert(out.values.end(), v.begin(), v.end());
+                                      return Status::Ok();
+                                    });
+  if (!st.ok()) return st;
+  return out;
+}
+
+// Every layout, forced, round-trips every dtype it exists for at every density, random bit patterns
+// (NaN, ±Inf, −0.0, subnormals) included.
+TEST(NativeLayouts, EachLayoutRoundTripsEveryDtypeAndDensity) {
+  std::mt19937_64 rng(73);
+  for (Layout layout : {Layout::kGaps, Layout::kBitmap, Layout::kClass}) {
+    for (DType dt : kAllDTypes) {
+      if (layout == Layout::kClass && !codec::native::has_class_layout(dt)) continue;
+      for (double density : {1e-4, 0.03, 0.4, 1.0}) {
+        for (uint64_t numel : {1ull, 9ull, 64ull, 6000ull}) {
+          auto base = test::random_tensor(rng, "t", dt, {numel});
+          auto next = test::mutate(rng, base, density);
+          const size_t w = dtype_size_bytes(dt);
+          auto positions = *diff_elements(base.bytes, next.bytes, w, 1);
+          if (positions.empty()) continue;
+          auto payload = codec::native::encode(dt, base.bytes, next.bytes, positions, {false, layout});
+          ASSERT_TRUE(payload.ok()) << payload.status().to_string();
+          ASSERT_EQ(static_cast<uint8_t>((*payload)[0]), static_cast<uint8_t>(layout));
+          auto d = native_decode(dt, numel, positions.size(), *payload, base.bytes);
+          ASSERT_TRUE(d.ok()) << dtype_name(dt) << " layout " << int(layout) << ": " << d.status().to_string();
+          ASSERT_EQ(d->positions, positions) << dtype_name(dt) << " layout " << int(layout) << " density " << density;
+          for (size_t i = 0; i < positions.size(); ++i) {
+            ASSERT_EQ(std::memcmp(d->values.data() + i * w, next.bytes.data() + positions[i] * w, w), 0);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(NativeLayouts, ClassLayoutIsRefusedForIntegerDtypes) {
+  std::mt19937_64 rng(74);
+  auto base = test::random_tensor(rng, "t", DType::kI32, {100});
+  auto next = test::mutate(rng, base, 0.1);
+  auto positions = *diff_elements(base.bytes, next.bytes, 4, 1);
+  EXPECT_EQ(codec::native::encode(DType::kI32, base.bytes, next.bytes, positions, {false, Layout::kClass}).status().code(),
+            ErrorCode::kInvalidArgument);
+  // Allowed but unavailable: the encoder falls back to the other layouts.
+  auto p = codec::native::encode(DType::kI32, base.bytes, next.bytes, positions, {true, std::nullopt});
+  ASSERT_TRUE(p.ok());
+  EXPECT_NE(static_cast<uint8_t>((*p)[0]), static_cast<uint8_t>(Layout::kClass));
+}
+
+// The encoder picks the smallest allowed layout: the class layout when positions follow the base's
+// exponents and it is allowed, the bitmap for dense clustered changes, gaps otherwise.
+TEST(NativeLayouts, PicksTheSmallestAllowedLayout) {
+  std::mt19937_64 rng(75);
+  const uint64_t numel = 100000;
+  test::HostTensor base{"t", DType::kBF16, {numel}, std::vector<std::byte>(numel * 2)};
+  auto* b = reinterpret_cast<uint16_t*>(base.bytes.data());
+  // 5% of the elements have exponent 120 and change with probability 10%; the rest (exponent 126)
+  // never change: a change costs ~log2(200) bits of position as gaps, ~log2(10) within its class.
+  for (uint64_t i = 0; i < numel; ++i) b[i] = static_cast<uint16_t>(((rng() % 20 == 0 ? 120u : 126u) << 7) | (rng() & 0x7F));
+  test::HostTensor next = base;
+  auto* nb = reinterpret_cast<uint16_t*>(next.bytes.data());
+  for (uint64_t i = 0; i < numel; ++i) {
+    if (((b[i] >> 7) & 0xFF) == 120 && rng() % 10 == 0) nb[i] = static_cast<uint16_t>(b[i] + 1);
+  }
+  auto positions = *diff_elements(base.bytes, next.bytes, 2, 1);
+  auto size_of = [&](codec::native::Options o) {
+    auto p = codec::native::encode(DType::kBF16, base.bytes, next.bytes, positions, o);
+    EXPECT_TRUE(p.ok());
+    return std::make_pair(p->size(), static_cast<Layout>((*p)[0]));
+  };
+  const auto gaps = size_of({false, Layout::kGaps});
+  const auto cls = size_of({false, Layout::kClass});
+  EXPECT_LT(cls.first, gaps.first * 0.7) << "class " << cls.first << " gaps " << gaps.first;
+  EXPECT_EQ(size_of({false, std::nullopt}).second, Layout::kGaps);  // class not allowed
+  EXPECT_EQ(size_of({true, std::nullopt}).second, Layout::kClass);
+  // A pattern that repeats every 8 elements (elements 0 and 3 of each byte of the bitmap): the bitmap's
+  // bytes are all alike, the gaps alternate 2 and 4 with raw low bits.
+  next = base;
+  for (uint64_t i = 0; i < numel; ++i) {
+    if (i % 8 == 0 || i % 8 == 3) nb[i] = static_cast<uint16_t>(b[i] ^ 1);
+  }
+  positions = *diff_elements(base.bytes, next.bytes, 2, 1);
+  auto chosen = size_of({false, std::nullopt});
+  EXPECT_EQ(chosen.second, Layout::kBitmap);
+  EXPECT_LT(chosen.first, size_of({false, Layout::kGaps}).first);
+  // Dense random changes (40%): sizes are close, and from 1/8 density the bitmap, faster to decode, is
+  // preferred within its size margin.
+  next = base;
+  for (uint64_t i = 0; i < numel; ++i) {
+    if (rng() % 5 < 2) nb[i] = static_cast<uint16_t>(b[i] ^ 1);
+  }
+  positions = *diff_elements(base.bytes, next.bytes, 2, 1);
+  chosen = size_of({false, std::nullopt});
+  const auto gaps_dense = size_of({false, Layout::kGaps});
+  if (chosen.second == Layout::kBitmap) {
+    EXPECT_LE(static_cast<double>(chosen.first), static_cast<double>(gaps_dense.first) * codec::native::kBitmapSizeMargin);
+  } else {
+    EXPECT_GT(static_cast<double>(size_of({false, Layout::kBitmap}).first),
+              static_cast<double>(gaps_dense.first) * codec::native::kBitmapSizeMargin);
+  }
+}
+
+TEST(NativeLayouts, ClassGapsRunningPastTheTensorAreRefused) {
+  // One class, one change, a first gap larger than the class's population.
+  test::HostTensor base{"t", DType::kBF16, {8}, std::vector<std::byte>(16)};
+  auto* b = reinterpret_cast<uint16_t*>(base.bytes.data());
+  for (int i = 0; i < 8; ++i) b[i] = static_cast<uint16_t>((120u << 7) | i);
+  std::vector<std::byte> p{std::byte{2}};
+  rans::put_varint(p, 1);    // n
+  rans::put_varint(p, 120);  // first class
+  rans::put_varint(p, 1);    // span
+  rans::put_varint(p, (1u << 6) | 3);  // count 1, Rice k = 3
+  std::vector<uint64_t> vc(256, 0);
+  vc[1] = 1;
+  auto vm = *rans::Model::from_counts(vc);
+  vm.serialize(p);
+  rans::Encoder enc;
+  enc.push(vm, 1);
+  auto stream = enc.finish();
+  rans::put_varint(p, stream.size());
+  p.insert(p.end(), stream.begin(), stream.end());
+  rans::put_varint(p, 1);
+  p.push_back(std::byte{0x01});  // LSB first: unary q = 1 ("1", "0"), then 3 low bits 000: gap 8, population 8
+  rans::put_varint(p, 0);
+  auto d = native_decode(DType::kBF16, 8, 1, p, base.bytes);
+  EXPECT_EQ(d.status().code(), ErrorCode::kPositions) << d.status().to_string();
+  // The same payload with gap 7 (q = 0, low bits 111) decodes to position 7.
+  p[p.size() - 2] = std::byte{0x0E};
+  d = native_decode(DType::kBF16, 8, 1, p, base.bytes);
+  ASSERT_TRUE(d.ok()) << d.status().to_string();
+  EXPECT_EQ(d->positions, std::vector<uint64_t>{7});
+}
+
+class NativeDecode : public ::testing::TestWithParam<Layout> {
  protected:
   void SetUp() override {
     std::mt19937_64 rng(72);
     base_ = test::random_tensor(rng, "t", DType::kBF16, {4000});
-    next_ = test::mutate(rng, base_, 0.02);
+    next_ = test::mutate(rng, base_, 0.04);
     positions_ = *diff_elements(base_.bytes, next_.bytes, 2, 1);
-    payload_ = *codec::native::encode(DType::kBF16, base_.bytes, next_.bytes, positions_);
+    payload_ = *codec::native::encode(DType::kBF16, base_.bytes, next_.bytes, positions_, {false, GetParam()});
   }
   Status decode(std::span<const std::byte> payload, uint64_t changes) {
     return codec::native::decode(DType::kBF16, 4000, changes, payload, base_.bytes,
@@ -138,7 +284,7 @@ class NativeDecode : public ::testing::Test {
   std::vector<std::byte> payload_;
 };
 
-TEST_F(NativeDecode, AcceptsItsOwnPayloadAndRefusesDamagedOnes) {
+TEST_P(NativeDecode, AcceptsItsOwnPayloadAndRefusesDamagedOnes) {
   ASSERT_TRUE(decode(payload_, positions_.size()).ok());
   EXPECT_EQ(decode(payload_, positions_.size() + 1).code(), ErrorCode::kPatchMetadata);
   auto bad_version = payload_;
@@ -159,10 +305,13 @@ TEST_F(NativeDecode, AcceptsItsOwnPayloadAndRefusesDamagedOnes) {
     bad[i] ^= std::byte{0x10};
     refused += decode(bad, positions_.size()).ok() ? 0 : 1;
   }
-  std::printf("[ info ] native: %zu of %zu single-bit flips refused by the decoder alone\n", refused, payload_.size());
+  std::printf("[ info ] native layout %d: %zu of %zu single-bit flips refused by the decoder alone\n", int(GetParam()),
+              refused, payload_.size());
 }
 
-TEST_F(NativeDecode, RefusesAnUnchangedValue) {
+INSTANTIATE_TEST_SUITE_P(Layouts, NativeDecode, ::testing::Values(Layout::kGaps, Layout::kBitmap, Layout::kClass));
+
+TEST(NativeDecodeGaps, RefusesAnUnchangedValue) {
   // Hand-build a payload claiming position 5 changed with distance 0 (an encoder never writes that).
   std::vector<std::byte> p{std::byte{1}};
   rans::put_varint(p, 1);
@@ -182,7 +331,8 @@ TEST_F(NativeDecode, RefusesAnUnchangedValue) {
   rans::put_varint(p, 1);
   p.push_back(std::byte{1});  // mantissa bits "01" -> gap 4 | 1 = 5
   rans::put_varint(p, 0);
-  const Status st = decode(p, 1);
+  const std::vector<std::byte> base(8000);
+  const Status st = native_decode(DType::kBF16, 4000, 1, p, base).status();
   EXPECT_EQ(st.code(), ErrorCode::kDecode) << st.to_string();
   EXPECT_NE(st.message().find("unchanged"), std::string::npos) << st.to_string();
 }

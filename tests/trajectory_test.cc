@@ -9,7 +9,21 @@ namespace {
 
 using test::TempDir;
 
-class Trajectory : public ::testing::TestWithParam<Encoding> {
+// An encoding, and whether native may use its class layout.
+struct EncodingCase {
+  Encoding encoding;
+  bool class_positions = false;
+};
+
+std::vector<EncodingCase> all_cases() {
+  std::vector<EncodingCase> out;
+  for (Encoding e : test::kPatchEncodings) out.push_back({e, false});
+  out.push_back({Encoding::kNative, true});
+  out.push_back({Encoding::kAuto, true});
+  return out;
+}
+
+class Trajectory : public ::testing::TestWithParam<EncodingCase> {
  protected:
   void SetUp() override {
     if (!test::trajectory_available()) GTEST_SKIP() << "shared/data/trajectory-small not present";
@@ -17,7 +31,8 @@ class Trajectory : public ::testing::TestWithParam<Encoding> {
 };
 
 TEST_P(Trajectory, EveryConsecutivePairRoundTrips) {
-  const Encoding enc = GetParam();
+  const Encoding enc = GetParam().encoding;
+  const bool class_positions = GetParam().class_positions;
   TempDir dir;
   uint64_t total_changes = 0, total_payload = 0;
   for (int step = 0; step < 8; ++step) {
@@ -26,7 +41,7 @@ TEST_P(Trajectory, EveryConsecutivePairRoundTrips) {
     auto next = Checkpoint::open(test::trajectory_step(step + 1));
     ASSERT_TRUE(base.ok() && next.ok());
     const std::string patch_path = dir / ("p" + std::to_string(step));
-    auto stats = create_patch(*base, *next, patch_path, {enc, 2, 1});
+    auto stats = create_patch(*base, *next, patch_path, {enc, 2, 1, class_positions});
     ASSERT_TRUE(stats.ok()) << stats.status().to_string();
     if (step == 0) EXPECT_EQ(stats->changes, 17067u) << "documented change count of step000 -> step001";
     const double density = static_cast<double>(stats->changes) / static_cast<double>(stats->elements);
@@ -47,12 +62,13 @@ TEST_P(Trajectory, EveryConsecutivePairRoundTrips) {
   }
   const double per_change = static_cast<double>(total_payload) / static_cast<double>(total_changes);
   RecordProperty("payload_bytes_per_change", std::to_string(per_change));
-  std::printf("[ info ] %s: %.3f payload bytes per changed element over 8 steps\n", std::string(encoding_name(enc)).c_str(), per_change);
+  std::printf("[ info ] %s%s: %.3f payload bytes per changed element over 8 steps\n", std::string(encoding_name(enc)).c_str(),
+              class_positions ? " (class positions)" : "", per_change);
   if (enc == Encoding::kGaps) EXPECT_NEAR(per_change, 4.0, 0.01);
 }
 
 TEST_P(Trajectory, ChainedInPlaceReachesTheLastStep) {
-  const Encoding enc = GetParam();
+  const Encoding enc = GetParam().encoding;
   TempDir dir;
   const std::string live = dir / "live.safetensors";
   std::filesystem::copy_file(test::trajectory_step(0), live);
@@ -60,7 +76,7 @@ TEST_P(Trajectory, ChainedInPlaceReachesTheLastStep) {
     auto base = Checkpoint::open(test::trajectory_step(step));
     auto next = Checkpoint::open(test::trajectory_step(step + 1));
     ASSERT_TRUE(base.ok() && next.ok());
-    ASSERT_TRUE(create_patch(*base, *next, dir / "p", {enc, 1, 1}).ok());
+    ASSERT_TRUE(create_patch(*base, *next, dir / "p", {enc, 1, 1, GetParam().class_positions}).ok());
     auto patch = Patch::open(dir / "p");
     ASSERT_TRUE(patch.ok());
     auto applied = apply_patch_in_place(live, *patch, {1, false});
@@ -73,8 +89,9 @@ TEST_P(Trajectory, ChainedInPlaceReachesTheLastStep) {
   EXPECT_EQ(f->header().metadata.at("step"), "008");
 }
 
-INSTANTIATE_TEST_SUITE_P(AllEncodings, Trajectory, ::testing::ValuesIn(test::kPatchEncodings),
-                         [](const auto& info) { return std::string(encoding_name(info.param)); });
+INSTANTIATE_TEST_SUITE_P(AllEncodings, Trajectory, ::testing::ValuesIn(all_cases()), [](const auto& info) {
+  return std::string(encoding_name(info.param.encoding)) + (info.param.class_positions ? "_class" : "");
+});
 
 TEST(TrajectorySharded, ShardedCopiesRoundTrip) {
   if (!test::trajectory_available()) GTEST_SKIP();

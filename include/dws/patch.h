@@ -93,6 +93,9 @@ struct CreatePatchOptions {
   Encoding encoding = Encoding::kAuto;  // per tensor the smallest of native, xor_zstd, full
   size_t threads = 0;  // 0: all cores
   int zstd_level = 1;  // peer encodings compress at level 1, as slime does
+  // native: also try coding positions per class of the base value (its exponent): ~25% smaller on AdamW
+  // steps, but encoding and every apply then scan whole base tensors, O(elements) instead of O(changes).
+  bool class_positions = false;
 };
 
 struct PatchStats {

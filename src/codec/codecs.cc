@@ -139,15 +139,16 @@ uint64_t payload_size(const EncodedTensor& e) {
 }  // namespace
 
 Result<EncodedTensor> encode_tensor(Encoding encoding, const EncodeInput& input, std::span<const uint64_t> shape,
-                                    int zstd_level) {
+                                    const EncodeOptions& options) {
+  const int zstd_level = options.zstd_level;
   if (encoding == Encoding::kAuto) {
     // native is near the entropy at every density for small ULP moves; the dense forms win only when
     // values jump far (random-like changes) at high density, so they are tried only there.
     const uint64_t numel = input.target.size() / dtype_size_bytes(input.dtype);
     const double density = numel ? static_cast<double>(input.positions.size()) / static_cast<double>(numel) : 0.0;
-    DWS_ASSIGN_OR_RETURN(EncodedTensor best, encode_tensor(Encoding::kNative, input, shape, zstd_level));
+    DWS_ASSIGN_OR_RETURN(EncodedTensor best, encode_tensor(Encoding::kNative, input, shape, options));
     auto consider = [&](Encoding e) -> Status {
-      DWS_ASSIGN_OR_RETURN(EncodedTensor other, encode_tensor(e, input, shape, zstd_level));
+      DWS_ASSIGN_OR_RETURN(EncodedTensor other, encode_tensor(e, input, shape, options));
       if (payload_size(other) < payload_size(best)) best = std::move(other);
       return Status::Ok();
     };
@@ -195,7 +196,8 @@ Result<EncodedTensor> encode_tensor(Encoding encoding, const EncodeInput& input,
     }
     case Encoding::kNative: {
       if (input.base.size() != input.target.size()) return make_error(ErrorCode::kInternal, "native: base/target sizes differ");
-      DWS_ASSIGN_OR_RETURN(std::vector<std::byte> z, native::encode(input.dtype, input.base, input.target, input.positions));
+      DWS_ASSIGN_OR_RETURN(std::vector<std::byte> z, native::encode(input.dtype, input.base, input.target, input.positions,
+                                                                         {options.class_positions, std::nullopt}));
       const uint64_t zn = z.size();
       out.payloads.push_back({"native", DType::kU8, {zn}, std::move(z)});
       return out;

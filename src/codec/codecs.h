@@ -44,10 +44,15 @@ struct EncodeInput {
 inline constexpr double kAutoDenseMinDensity = 0.01;  // xor_zstd
 inline constexpr double kAutoFullMinDensity = 0.25;   // full
 
+struct EncodeOptions {
+  int zstd_level = 1;            // gaps_zstd, xor_zstd
+  bool class_positions = false;  // native: also try the class layout (O(elements) encode and decode)
+};
+
 // Encodes one tensor. For kFull, base/positions are ignored and `shape` is the payload's shape. kAuto
 // encodes with native and, at the densities above, with xor_zstd and full, and keeps the smallest.
 Result<EncodedTensor> encode_tensor(Encoding encoding, const EncodeInput& input, std::span<const uint64_t> shape,
-                                    int zstd_level);
+                                    const EncodeOptions& options);
 
 struct PayloadView {
   std::string_view role;

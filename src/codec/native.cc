@@ -12,10 +12,16 @@ namespace dws::codec::native {
 
 namespace {
 
-constexpr uint8_t kVersion = 1;
+// Payload layouts (byte 0): how positions are coded. Values are coded the same way in all three.
+constexpr uint8_t kLayoutGaps = static_cast<uint8_t>(Layout::kGaps);
+constexpr uint8_t kLayoutClass = static_cast<uint8_t>(Layout::kClass);
+constexpr uint8_t kLayoutBitmap = static_cast<uint8_t>(Layout::kBitmap);
 constexpr uint32_t kGapAlphabet = 65;     // bit length of a gap: 0..64
 constexpr uint32_t kValueAlphabet = 256;  // zigzag distance 0..254, 255 = escape
 constexpr uint64_t kEscape = 255;
+constexpr uint32_t kMaxRiceParameter = 62;
+// The bitmap layout is tried from this density on (below it, a bitmap costs more symbols than gaps).
+constexpr double kBitmapMinDensity = 1.0 / 32;
 
 Status decode_error(const std::string& msg) { return make_error(ErrorCode::kDecode, "native: " + msg); }
 
@@ -86,6 +92,10 @@ uint32_t bit_length(uint64_t v) { return v == 0 ? 0 : 64u - static_cast<uint32_t
 
 class BitWriter {
  public:
+  void put_unary(uint64_t q) {
+    for (; q >= 32; q -= 32) put(0xFFFFFFFFull, 32);
+    put((1ull << q) - 1, static_cast<uint32_t>(q) + 1);  // q ones, then a zero
+  }
   void put(uint64_t value, uint32_t bits) {
     for (uint32_t done = 0; done < bits;) {
       const uint32_t take = std::min(bits - done, 64u - fill_);
@@ -149,6 +159,27 @@ class BitReader {
     *out = v;
     return true;
   }
+  // Reads a unary count (one-bits ended by a zero-bit); false when it would exceed `limit` or the input
+  // runs out.
+  bool get_unary(uint64_t limit, uint64_t* out) {
+    uint64_t q = 0;
+    for (;;) {
+      if (pos_ >= total_bits()) return false;
+      const uint64_t byte_index = pos_ / 8;
+      const uint32_t bit_in_byte = static_cast<uint32_t>(pos_ % 8);
+      const uint32_t byte = static_cast<uint32_t>(in_[byte_index]) >> bit_in_byte;
+      const uint32_t avail = 8 - bit_in_byte;
+      const uint32_t ones = std::min<uint32_t>(static_cast<uint32_t>(std::countr_one(byte)), avail);
+      q += ones;
+      if (q > limit) return false;
+      pos_ += ones;
+      if (ones < avail) {
+        ++pos_;  // the terminating zero
+        *out = q;
+        return true;
+      }
+    }
+  }
   // All bits used, and the padding of the last byte is zero.
   bool finished_cleanly() const {
     if ((pos_ + 7) / 8 != in_.size()) return false;
@@ -175,28 +206,295 @@ bool get_section(std::span<const std::byte> in, size_t* at, std::span<const std:
   return true;
 }
 
-template <size_t W, bool kFloat>
-Status decode_symbols(rans::Decoder& dec, const rans::Model& gap_model, const rans::Model& value_model,
-                      std::span<const std::byte> mantissa_bytes, std::span<const std::byte> escape_bytes, uint64_t n,
-                      uint64_t numel, std::span<const std::byte> base, const ChangeSink& sink) {
-  BitReader mantissas(mantissa_bytes);
-  size_t escape_at = 0;
-  PositionChecker checker(numel, sink, W, n);
-  const size_t batch = static_cast<size_t>(std::min<uint64_t>(n, kSinkBatch));
-  std::vector<std::byte> values(batch * W);
-  std::vector<uint64_t> distances(batch);
-  // Two phases per batch: the symbol decode is a serial dependency chain, so reading the base inside it
-  // would serialize one cache miss per change on models larger than the cache. Phase 2 reads the base
-  // in a loop of independent loads that the CPU overlaps.
-  auto finish_batch = [&]() -> Status {
-    const std::span<const uint64_t> pos = checker.pending_positions();
-    for (size_t k = 0; k < pos.size(); ++k) {
-      const uint64_t kb = key_of<W, kFloat>(load<W>(base.data() + pos[k] * W));
-      const uint64_t kt = (kb + static_cast<uint64_t>(unzigzag(distances[k]))) & kWidthMask<W>;
-      store<W>(values.data() + k * W, bits_of<W, kFloat>(kt));
+// The class of a float element for the class layout: its exponent field. count == 0: no classes.
+struct ClassField {
+  unsigned shift = 0;
+  uint32_t count = 0;
+};
+
+ClassField class_field(DType d) {
+  switch (d) {
+    case DType::kBF16: return {7, 256};
+    case DType::kF16: return {10, 32};
+    case DType::kF32: return {23, 256};
+    case DType::kF64: return {52, 2048};
+    case DType::kF8_E4M3: return {3, 16};
+    case DType::kF8_E5M2: return {2, 32};
+    default: return {};
+  }
+}
+
+// ---- encoding ----
+
+// The value half of every layout: one symbol per change (zigzag ULP distance, 255 = escape).
+struct ValueSymbols {
+  std::vector<uint32_t> symbols;
+  std::vector<uint64_t> counts = std::vector<uint64_t>(kValueAlphabet, 0);
+  std::vector<std::byte> escapes;
+};
+
+ValueSymbols value_symbols(DType dtype, std::span<const std::byte> base, std::span<const std::byte> target,
+                           std::span<const uint64_t> positions) {
+  ValueSymbols v;
+  v.symbols.resize(positions.size());
+  dispatch(dtype, [&]<size_t W, bool kFloat>() {
+    for (size_t i = 0; i < positions.size(); ++i) {
+      const uint64_t p = positions[i];
+      const uint64_t kb = key_of<W, kFloat>(load<W>(base.data() + p * W));
+      const uint64_t kt = key_of<W, kFloat>(load<W>(target.data() + p * W));
+      const uint64_t zz = zigzag(sign_extend((kt - kb) & kWidthMask<W>, W));
+      if (zz >= kEscape) {
+        v.symbols[i] = static_cast<uint32_t>(kEscape);
+        rans::put_varint(v.escapes, zz - kEscape);
+      } else {
+        v.symbols[i] = static_cast<uint32_t>(zz);
+      }
+      ++v.counts[v.symbols[i]];
     }
-    return checker.flush(values);
+    return 0;
+  });
+  return v;
+}
+
+Result<std::vector<std::byte>> encode_gaps(std::span<const uint64_t> positions, const ValueSymbols& values,
+                                           const rans::Model& value_model) {
+  const size_t n = positions.size();
+  std::vector<uint32_t> gap_symbols(n);
+  std::vector<uint64_t> gap_counts(kGapAlphabet, 0);
+  BitWriter mantissas;
+  uint64_t prev = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const uint64_t gap = i == 0 ? positions[i] : positions[i] - prev - 1;
+    prev = positions[i];
+    const uint32_t len = bit_length(gap);
+    gap_symbols[i] = len;
+    ++gap_counts[len];
+    if (len >= 2) mantissas.put(gap, len - 1);  // the bits below the leading one
+  }
+  DWS_ASSIGN_OR_RETURN(rans::Model gap_model, rans::Model::from_counts(gap_counts));
+  std::vector<std::byte> out;
+  out.push_back(static_cast<std::byte>(kLayoutGaps));
+  rans::put_varint(out, n);
+  gap_model.serialize(out);
+  value_model.serialize(out);
+  rans::Encoder enc;
+  for (size_t i = 0; i < n; ++i) {
+    enc.push(gap_model, gap_symbols[i]);
+    enc.push(value_model, values.symbols[i]);
+  }
+  put_section(out, enc.finish());
+  put_section(out, mantissas.finish());
+  put_section(out, values.escapes);
+  return out;
+}
+
+Result<std::vector<std::byte>> encode_bitmap(uint64_t numel, std::span<const uint64_t> positions,
+                                             const ValueSymbols& values, const rans::Model& value_model) {
+  std::vector<uint8_t> bitmap((numel + 7) / 8, 0);
+  for (uint64_t p : positions) bitmap[p / 8] = static_cast<uint8_t>(bitmap[p / 8] | (1u << (p % 8)));
+  std::vector<uint64_t> byte_counts(256, 0);
+  for (uint8_t b : bitmap) ++byte_counts[b];
+  DWS_ASSIGN_OR_RETURN(rans::Model byte_model, rans::Model::from_counts(byte_counts));
+  std::vector<std::byte> out;
+  out.push_back(static_cast<std::byte>(kLayoutBitmap));
+  rans::put_varint(out, positions.size());
+  byte_model.serialize(out);
+  value_model.serialize(out);
+  rans::Encoder enc;
+  for (uint8_t b : bitmap) enc.push(byte_model, b);
+  for (uint32_t s : values.symbols) enc.push(value_model, s);
+  put_section(out, enc.finish());
+  put_section(out, values.escapes);
+  return out;
+}
+
+uint64_t rice_cost_bits(std::span<const uint64_t> gaps, uint32_t k) {
+  uint64_t bits = 0;
+  for (uint64_t g : gaps) bits += (g >> k) + 1 + k;
+  return bits;
+}
+
+// The Rice parameter with the fewest bits, searched around log2 of the mean gap.
+uint32_t best_rice_parameter(std::span<const uint64_t> gaps) {
+  long double sum = 0;
+  for (uint64_t g : gaps) sum += static_cast<long double>(g);
+  const uint64_t mean = static_cast<uint64_t>(sum / static_cast<long double>(gaps.size()));
+  const uint32_t b = bit_length(mean);
+  uint32_t best = 0;
+  uint64_t best_bits = ~0ull;
+  for (uint32_t k = b > 2 ? b - 2 : 0; k <= std::min(b + 1, kMaxRiceParameter); ++k) {
+    const uint64_t bits = rice_cost_bits(gaps, k);
+    if (bits < best_bits) {
+      best_bits = bits;
+      best = k;
+    }
+  }
+  return best;
+}
+
+Result<std::vector<std::byte>> encode_class(DType dtype, std::span<const std::byte> base,
+                                            std::span<const uint64_t> positions, const ValueSymbols& values,
+                                            const rans::Model& value_model) {
+  const ClassField field = class_field(dtype);
+  const size_t n = positions.size();
+  constexpr uint32_t kNone = ~0u;
+  std::vector<uint32_t> slot_of_class(field.count, kNone);
+  std::vector<uint32_t> class_of_slot;
+  std::vector<uint64_t> gaps(n);       // class-local gap before each change
+  std::vector<uint32_t> slot_of(n);    // each change's class slot
+  dispatch(dtype, [&]<size_t W, bool kFloat>() {
+    const uint64_t mask = field.count - 1;
+    for (size_t j = 0; j < n; ++j) {
+      const uint32_t c = static_cast<uint32_t>((load<W>(base.data() + positions[j] * W) >> field.shift) & mask);
+      if (slot_of_class[c] == kNone) slot_of_class[c] = 0;  // mark active; slots assigned in class order below
+      slot_of[j] = c;
+    }
+    for (uint32_t c = 0; c < field.count; ++c) {
+      if (slot_of_class[c] != kNone) {
+        slot_of_class[c] = static_cast<uint32_t>(class_of_slot.size());
+        class_of_slot.push_back(c);
+      }
+    }
+    for (size_t j = 0; j < n; ++j) slot_of[j] = slot_of_class[slot_of[j]];
+    // One scan up to the last change: unchanged members of each active class since its last change.
+    std::vector<uint64_t> since(class_of_slot.size(), 0);
+    size_t j = 0;
+    for (uint64_t i = 0; j < n; ++i) {
+      const uint32_t s = slot_of_class[(load<W>(base.data() + i * W) >> field.shift) & mask];
+      if (s == kNone) continue;
+      if (i == positions[j]) {
+        gaps[j] = since[s];
+        since[s] = 0;
+        ++j;
+      } else {
+        ++since[s];
+      }
+    }
+    return 0;
+  });
+  const size_t classes = class_of_slot.size();
+  std::vector<std::vector<uint64_t>> class_gaps(classes);
+  for (size_t j = 0; j < n; ++j) class_gaps[slot_of[j]].push_back(gaps[j]);
+  std::vector<uint32_t> rice(classes);
+  for (size_t s = 0; s < classes; ++s) rice[s] = best_rice_parameter(class_gaps[s]);
+  // Bit order: every class's first gap (in class order), then, at each change in position order, the
+  // gap to the next change of the same class, if it has one.
+  BitWriter bits;
+  auto put_rice = [&](uint64_t g, uint32_t k) {
+    bits.put_unary(g >> k);
+    bits.put(g, k);
   };
+  for (size_t s = 0; s < classes; ++s) put_rice(class_gaps[s][0], rice[s]);
+  std::vector<size_t> next_index(classes, 1);
+  for (size_t j = 0; j < n; ++j) {
+    const uint32_t s = slot_of[j];
+    if (next_index[s] < class_gaps[s].size()) put_rice(class_gaps[s][next_index[s]++], rice[s]);
+  }
+  std::vector<std::byte> out;
+  out.push_back(static_cast<std::byte>(kLayoutClass));
+  rans::put_varint(out, n);
+  // The classes from the first to the last active one, each as varint(count << 6 | rice); inactive
+  // classes inside the span are a 0.
+  const uint32_t first = class_of_slot.front(), span = class_of_slot.back() - first + 1;
+  rans::put_varint(out, first);
+  rans::put_varint(out, span);
+  for (uint32_t c = first, s = 0; c < first + span; ++c) {
+    if (s < classes && class_of_slot[s] == c) {
+      rans::put_varint(out, (static_cast<uint64_t>(class_gaps[s].size()) << 6) | rice[s]);
+      ++s;
+    } else {
+      rans::put_varint(out, 0);
+    }
+  }
+  value_model.serialize(out);
+  rans::Encoder enc;
+  for (uint32_t s : values.symbols) enc.push(value_model, s);
+  put_section(out, enc.finish());
+  put_section(out, bits.finish());
+  put_section(out, values.escapes);
+  return out;
+}
+
+// ---- decoding ----
+
+// The value half of every layout: takes each decoded position with its value symbol, reconstructs the
+// new value from the base and hands validated batches to the sink.
+template <size_t W, bool kFloat>
+class ValueDecoder {
+ public:
+  ValueDecoder(uint64_t numel, uint64_t n, std::span<const std::byte> base, std::span<const std::byte> escapes,
+               const ChangeSink& sink)
+      : base_(base), escapes_(escapes), checker_(numel, sink, W, n) {
+    const size_t batch = static_cast<size_t>(std::min<uint64_t>(n, kSinkBatch));
+    values_.resize(batch * W);
+    distances_.resize(batch);
+  }
+
+  Status take(uint64_t p, uint32_t sym) {
+    DWS_RETURN_IF_ERROR(checker_.push(p));
+    uint64_t zz = sym;
+    if (sym == kEscape) {
+      uint64_t extra = 0;
+      if (!rans::get_varint(escapes_, &escape_at_, &extra) || __builtin_add_overflow(extra, kEscape, &zz)) {
+        return decode_error("bad escape");
+      }
+    }
+    if (zz == 0) return decode_error("position " + std::to_string(p) + " listed with an unchanged value");
+    if constexpr (W < 8) {
+      if ((zz >> (8 * W)) != 0) return decode_error("value distance " + std::to_string(zz) + " wider than the element");
+    }
+    distances_[checker_.pending() - 1] = zz;
+    if (checker_.full()) return flush();
+    return Status::Ok();
+  }
+
+  Status finish() {
+    DWS_RETURN_IF_ERROR(flush());
+    if (escape_at_ != escapes_.size()) return decode_error("unused escape bytes");
+    return Status::Ok();
+  }
+
+ private:
+  // The symbol decode is a serial dependency chain, so reading the base inside it would serialize one
+  // cache miss per change on models larger than the cache. The base is read here, per batch, in a loop
+  // of independent loads that the CPU overlaps.
+  Status flush() {
+    const std::span<const uint64_t> pos = checker_.pending_positions();
+    for (size_t k = 0; k < pos.size(); ++k) {
+      const uint64_t kb = key_of<W, kFloat>(load<W>(base_.data() + pos[k] * W));
+      const uint64_t kt = (kb + static_cast<uint64_t>(unzigzag(distances_[k]))) & kWidthMask<W>;
+      store<W>(values_.data() + k * W, bits_of<W, kFloat>(kt));
+    }
+    return checker_.flush(values_);
+  }
+
+  std::span<const std::byte> base_;
+  std::span<const std::byte> escapes_;
+  size_t escape_at_ = 0;
+  PositionChecker checker_;
+  std::vector<std::byte> values_;
+  std::vector<uint64_t> distances_;
+};
+
+Status rans_ended(const rans::Decoder& dec) {
+  if (!dec.finished_cleanly()) return decode_error("rANS stream has leftover bytes or a wrong final state");
+  return Status::Ok();
+}
+
+template <size_t W, bool kFloat>
+Status decode_gaps(std::span<const std::byte> payload, size_t at, uint64_t n, uint64_t numel,
+                   std::span<const std::byte> base, const ChangeSink& sink) {
+  DWS_ASSIGN_OR_RETURN(rans::Model gap_model, rans::Model::parse(payload, &at, kGapAlphabet));
+  DWS_ASSIGN_OR_RETURN(rans::Model value_model, rans::Model::parse(payload, &at, kValueAlphabet));
+  std::span<const std::byte> stream, mantissa_bytes, escapes;
+  if (!get_section(payload, &at, &stream) || !get_section(payload, &at, &mantissa_bytes) ||
+      !get_section(payload, &at, &escapes)) {
+    return decode_error("truncated sections");
+  }
+  if (at != payload.size()) return decode_error(std::to_string(payload.size() - at) + " trailing bytes");
+  DWS_ASSIGN_OR_RETURN(rans::Decoder dec, rans::Decoder::start(stream));
+  BitReader mantissas(mantissa_bytes);
+  ValueDecoder<W, kFloat> values(numel, n, base, escapes, sink);
   uint64_t prev = 0;
   for (uint64_t i = 0; i < n; ++i) {
     uint32_t len = 0;
@@ -215,28 +513,133 @@ Status decode_symbols(rans::Decoder& dec, const rans::Model& gap_model, const ra
     } else if (__builtin_add_overflow(prev, gap, &p) || __builtin_add_overflow(p, 1ull, &p)) {
       return make_error(ErrorCode::kPositions, "native: gap sum overflows");
     }
-    DWS_RETURN_IF_ERROR(checker.push(p));
     prev = p;
     uint32_t sym = 0;
     if (!dec.next(value_model, &sym)) return decode_error("rANS stream ends early");
-    uint64_t zz = sym;
-    if (sym == kEscape) {
-      uint64_t extra = 0;
-      if (!rans::get_varint(escape_bytes, &escape_at, &extra) || __builtin_add_overflow(extra, kEscape, &zz)) {
-        return decode_error("bad escape");
-      }
-    }
-    if (zz == 0) return decode_error("position " + std::to_string(p) + " listed with an unchanged value");
-    if constexpr (W < 8) {
-      if ((zz >> (8 * W)) != 0) return decode_error("value distance " + std::to_string(zz) + " wider than the element");
-    }
-    distances[checker.pending() - 1] = zz;
-    if (checker.full()) DWS_RETURN_IF_ERROR(finish_batch());
+    DWS_RETURN_IF_ERROR(values.take(p, sym));
   }
-  DWS_RETURN_IF_ERROR(finish_batch());
-  if (!dec.finished_cleanly()) return decode_error("rANS stream has leftover bytes or a wrong final state");
+  DWS_RETURN_IF_ERROR(values.finish());
+  DWS_RETURN_IF_ERROR(rans_ended(dec));
   if (!mantissas.finished_cleanly()) return decode_error("unused mantissa bits");
-  if (escape_at != escape_bytes.size()) return decode_error("unused escape bytes");
+  return Status::Ok();
+}
+
+template <size_t W, bool kFloat>
+Status decode_bitmap(std::span<const std::byte> payload, size_t at, uint64_t n, uint64_t numel,
+                     std::span<const std::byte> base, const ChangeSink& sink) {
+  DWS_ASSIGN_OR_RETURN(rans::Model byte_model, rans::Model::parse(payload, &at, 256));
+  DWS_ASSIGN_OR_RETURN(rans::Model value_model, rans::Model::parse(payload, &at, kValueAlphabet));
+  std::span<const std::byte> stream, escapes;
+  if (!get_section(payload, &at, &stream) || !get_section(payload, &at, &escapes)) {
+    return decode_error("truncated sections");
+  }
+  if (at != payload.size()) return decode_error(std::to_string(payload.size() - at) + " trailing bytes");
+  DWS_ASSIGN_OR_RETURN(rans::Decoder dec, rans::Decoder::start(stream));
+  // The bitmap is as large as the tensor's element count in bits: bounded by the base the caller holds.
+  const uint64_t words = (numel + 63) / 64;
+  std::vector<uint64_t> bitmap(words, 0);
+  uint64_t set = 0;
+  for (uint64_t b = 0; b < (numel + 7) / 8; ++b) {
+    uint32_t byte = 0;
+    if (!dec.next(byte_model, &byte)) return decode_error("rANS stream ends early");
+    bitmap[b / 8] |= static_cast<uint64_t>(byte) << (8 * (b % 8));
+    set += static_cast<uint64_t>(std::popcount(byte));
+  }
+  if (numel % 64 != 0 && (bitmap.back() >> (numel % 64)) != 0) return decode_error("bitmap sets bits past the tensor's end");
+  if (set != n) return decode_error("bitmap holds " + std::to_string(set) + " changes, the header " + std::to_string(n));
+  ValueDecoder<W, kFloat> values(numel, n, base, escapes, sink);
+  for (uint64_t w = 0; w < words; ++w) {
+    for (uint64_t bits = bitmap[w]; bits != 0; bits &= bits - 1) {
+      uint32_t sym = 0;
+      if (!dec.next(value_model, &sym)) return decode_error("rANS stream ends early");
+      DWS_RETURN_IF_ERROR(values.take(64 * w + static_cast<uint64_t>(std::countr_zero(bits)), sym));
+    }
+  }
+  DWS_RETURN_IF_ERROR(values.finish());
+  return rans_ended(dec);
+}
+
+template <size_t W, bool kFloat>
+Status decode_class(DType dtype, std::span<const std::byte> payload, size_t at, uint64_t n, uint64_t numel,
+                    std::span<const std::byte> base, const ChangeSink& sink) {
+  const ClassField field = class_field(dtype);
+  if (field.count == 0) return decode_error("the class layout needs a float dtype, not " + std::string(dtype_name(dtype)));
+  uint64_t first = 0, span = 0;
+  if (!rans::get_varint(payload, &at, &first) || !rans::get_varint(payload, &at, &span) || span == 0 ||
+      first >= field.count || span > field.count - first) {
+    return decode_error("bad class span");
+  }
+  constexpr uint32_t kNone = ~0u;
+  std::vector<uint32_t> slot_of_class(field.count, kNone);
+  std::vector<uint32_t> class_of_slot, rice;
+  std::vector<uint64_t> left;  // changes of each class not yet found
+  uint64_t total = 0;
+  for (uint64_t c = first; c < first + span; ++c) {
+    uint64_t v = 0;
+    if (!rans::get_varint(payload, &at, &v)) return decode_error("truncated class list");
+    const uint64_t count = v >> 6;
+    const uint32_t k = static_cast<uint32_t>(v & 63);
+    if (count == 0) {
+      if (k != 0) return decode_error("inactive class with a Rice parameter");
+      continue;
+    }
+    if (k > kMaxRiceParameter) return decode_error("Rice parameter " + std::to_string(k) + " above 62");
+    if (count > n - total) return decode_error("class change counts exceed " + std::to_string(n));
+    total += count;
+    slot_of_class[c] = static_cast<uint32_t>(class_of_slot.size());
+    class_of_slot.push_back(static_cast<uint32_t>(c));
+    rice.push_back(k);
+    left.push_back(count);
+  }
+  const size_t classes = class_of_slot.size();
+  if (total != n) return decode_error("class change counts sum to " + std::to_string(total) + ", not " + std::to_string(n));
+  DWS_ASSIGN_OR_RETURN(rans::Model value_model, rans::Model::parse(payload, &at, kValueAlphabet));
+  std::span<const std::byte> stream, rice_bytes, escapes;
+  if (!get_section(payload, &at, &stream) || !get_section(payload, &at, &rice_bytes) ||
+      !get_section(payload, &at, &escapes)) {
+    return decode_error("truncated sections");
+  }
+  if (at != payload.size()) return decode_error(std::to_string(payload.size() - at) + " trailing bytes");
+  DWS_ASSIGN_OR_RETURN(rans::Decoder dec, rans::Decoder::start(stream));
+  BitReader bits(rice_bytes);
+  auto get_rice = [&](uint32_t k, uint64_t* g) -> bool {
+    uint64_t q = 0, low = 0;
+    if (!bits.get_unary(numel >> k, &q) || !bits.get(k, &low)) return false;
+    *g = (q << k) | low;
+    return true;
+  };
+  std::vector<uint64_t> skip(classes);  // unchanged members of each class before its next change
+  for (uint64_t s = 0; s < classes; ++s) {
+    if (!get_rice(rice[s], &skip[s])) return decode_error("Rice bits run out or a gap exceeds the tensor");
+  }
+  ValueDecoder<W, kFloat> values(numel, n, base, escapes, sink);
+  const uint64_t mask = field.count - 1;
+  uint64_t found = 0;
+  // One scan of the base in position order; it stops after the last change.
+  for (uint64_t i = 0; i < numel && found < n; ++i) {
+    const uint32_t s = slot_of_class[(load<W>(base.data() + i * W) >> field.shift) & mask];
+    if (s == kNone) continue;
+    if (skip[s] > 0) {
+      --skip[s];
+      continue;
+    }
+    uint32_t sym = 0;
+    if (!dec.next(value_model, &sym)) return decode_error("rANS stream ends early");
+    DWS_RETURN_IF_ERROR(values.take(i, sym));
+    ++found;
+    if (--left[s] == 0) {
+      slot_of_class[class_of_slot[s]] = kNone;  // class done: its members are skipped
+    } else if (!get_rice(rice[s], &skip[s])) {
+      return decode_error("Rice bits run out or a gap exceeds the tensor");
+    }
+  }
+  if (found != n) {
+    return make_error(ErrorCode::kPositions, "native: class gaps run past the tensor's end (" + std::to_string(found) +
+                                                 " of " + std::to_string(n) + " changes found)");
+  }
+  DWS_RETURN_IF_ERROR(values.finish());
+  DWS_RETURN_IF_ERROR(rans_ended(dec));
+  if (!bits.finished_cleanly()) return decode_error("unused Rice bits");
   return Status::Ok();
 }
 
@@ -250,85 +653,74 @@ uint64_t from_key(DType dtype, uint64_t key) {
   return dispatch(dtype, [&]<size_t W, bool kFloat>() { return bits_of<W, kFloat>(key); });
 }
 
+bool has_class_layout(DType dtype) { return class_field(dtype).count != 0; }
+
 Result<std::vector<std::byte>> encode(DType dtype, std::span<const std::byte> base, std::span<const std::byte> target,
-                                      std::span<const uint64_t> positions) {
+                                      std::span<const uint64_t> positions, const Options& options) {
   const size_t n = positions.size();
-  std::vector<uint32_t> gap_symbols(n), value_symbols(n);
-  std::vector<uint64_t> gap_counts(kGapAlphabet, 0), value_counts(kValueAlphabet, 0);
-  BitWriter mantissas;
-  std::vector<std::byte> escapes;
-  uint64_t prev = 0;
-  // Value distances, with the element width and float-ness fixed at compile time.
-  std::vector<uint64_t> distances(n);
-  dispatch(dtype, [&]<size_t W, bool kFloat>() {
-    for (size_t i = 0; i < n; ++i) {
-      const uint64_t p = positions[i];
-      const uint64_t kb = key_of<W, kFloat>(load<W>(base.data() + p * W));
-      const uint64_t kt = key_of<W, kFloat>(load<W>(target.data() + p * W));
-      distances[i] = zigzag(sign_extend((kt - kb) & kWidthMask<W>, W));
-    }
-    return 0;
-  });
-  for (size_t i = 0; i < n; ++i) {
-    const uint64_t p = positions[i];
-    const uint64_t gap = i == 0 ? p : p - prev - 1;
-    prev = p;
-    const uint32_t len = bit_length(gap);
-    gap_symbols[i] = len;
-    ++gap_counts[len];
-    if (len >= 2) mantissas.put(gap, len - 1);  // the bits below the leading one
-    const uint64_t zz = distances[i];
-    if (zz >= kEscape) {
-      value_symbols[i] = static_cast<uint32_t>(kEscape);
-      rans::put_varint(escapes, zz - kEscape);
-    } else {
-      value_symbols[i] = static_cast<uint32_t>(zz);
-    }
-    ++value_counts[value_symbols[i]];
+  if (n == 0) {
+    std::vector<std::byte> out{static_cast<std::byte>(kLayoutGaps)};
+    rans::put_varint(out, 0);
+    return out;
   }
-  std::vector<std::byte> out;
-  out.push_back(static_cast<std::byte>(kVersion));
-  rans::put_varint(out, n);
-  if (n == 0) return out;
-  DWS_ASSIGN_OR_RETURN(rans::Model gap_model, rans::Model::from_counts(gap_counts));
-  DWS_ASSIGN_OR_RETURN(rans::Model value_model, rans::Model::from_counts(value_counts));
-  gap_model.serialize(out);
-  value_model.serialize(out);
-  rans::Encoder enc;
-  for (size_t i = 0; i < n; ++i) {
-    enc.push(gap_model, gap_symbols[i]);
-    enc.push(value_model, value_symbols[i]);
+  const uint64_t numel = base.size() / dtype_size_bytes(dtype);
+  const ValueSymbols values = value_symbols(dtype, base, target, positions);
+  DWS_ASSIGN_OR_RETURN(rans::Model value_model, rans::Model::from_counts(values.counts));
+  if (options.only) {
+    switch (*options.only) {
+      case Layout::kGaps: return encode_gaps(positions, values, value_model);
+      case Layout::kBitmap: return encode_bitmap(numel, positions, values, value_model);
+      case Layout::kClass:
+        if (!has_class_layout(dtype)) {
+          return make_error(ErrorCode::kInvalidArgument, "native: no class layout for " + std::string(dtype_name(dtype)));
+        }
+        return encode_class(dtype, base, positions, values, value_model);
+    }
   }
-  put_section(out, enc.finish());
-  put_section(out, mantissas.finish());
-  put_section(out, escapes);
-  return out;
+  DWS_ASSIGN_OR_RETURN(std::vector<std::byte> best, encode_gaps(positions, values, value_model));
+  auto keep_smaller = [&](Result<std::vector<std::byte>> other) -> Status {
+    if (!other.ok()) return other.status();
+    if (other->size() < best.size()) best = std::move(*other);
+    return Status::Ok();
+  };
+  const double density = static_cast<double>(n) / static_cast<double>(numel);
+  if (density >= kBitmapMinDensity) {
+    DWS_ASSIGN_OR_RETURN(std::vector<std::byte> bitmap, encode_bitmap(numel, positions, values, value_model));
+    const double margin = density >= kBitmapPreferredDensity ? kBitmapSizeMargin : 1.0;
+    if (static_cast<double>(bitmap.size()) <= margin * static_cast<double>(best.size())) best = std::move(bitmap);
+  }
+  if (options.class_positions && has_class_layout(dtype)) {
+    DWS_RETURN_IF_ERROR(keep_smaller(encode_class(dtype, base, positions, values, value_model)));
+  }
+  return best;
 }
 
 Status decode(DType dtype, uint64_t numel, uint64_t changes, std::span<const std::byte> payload,
               std::span<const std::byte> base, const ChangeSink& sink) {
   const size_t w = dtype_size_bytes(dtype);
   if (base.size() != numel * w) return make_error(ErrorCode::kInternal, "native: base has the wrong size");
-  size_t at = 0;
-  if (payload.empty() || static_cast<uint8_t>(payload[0]) != kVersion) return decode_error("unknown payload version");
-  at = 1;
+  if (payload.empty()) return decode_error("empty payload");
+  const uint8_t layout = static_cast<uint8_t>(payload[0]);
+  if (layout != kLayoutGaps && layout != kLayoutClass && layout != kLayoutBitmap) {
+    return decode_error("unknown payload layout " + std::to_string(layout));
+  }
+  size_t at = 1;
   uint64_t n = 0;
   if (!rans::get_varint(payload, &at, &n)) return decode_error("truncated header");
   if (n != changes) {
     return make_error(ErrorCode::kPatchMetadata, "native payload holds " + std::to_string(n) + " changes, metadata says " +
                                                      std::to_string(changes));
   }
-  DWS_ASSIGN_OR_RETURN(rans::Model gap_model, rans::Model::parse(payload, &at, kGapAlphabet));
-  DWS_ASSIGN_OR_RETURN(rans::Model value_model, rans::Model::parse(payload, &at, kValueAlphabet));
-  std::span<const std::byte> stream, mantissa_bytes, escape_bytes;
-  if (!get_section(payload, &at, &stream) || !get_section(payload, &at, &mantissa_bytes) ||
-      !get_section(payload, &at, &escape_bytes)) {
-    return decode_error("truncated sections");
+  if (n == 0) {
+    if (layout != kLayoutGaps || at != payload.size()) return decode_error("an empty payload is layout 1 with nothing after n");
+    return Status::Ok();
   }
-  if (at != payload.size()) return decode_error(std::to_string(payload.size() - at) + " trailing bytes");
-  DWS_ASSIGN_OR_RETURN(rans::Decoder dec, rans::Decoder::start(stream));
-  return dispatch(dtype, [&]<size_t W, bool kFloat>() {
-    return decode_symbols<W, kFloat>(dec, gap_model, value_model, mantissa_bytes, escape_bytes, n, numel, base, sink);
+  return dispatch(dtype, [&]<size_t W, bool kFloat>() -> Status {
+    switch (layout) {
+      case kLayoutGaps: return decode_gaps<W, kFloat>(payload, at, n, numel, base, sink);
+      case kLayoutBitmap: return decode_bitmap<W, kFloat>(payload, at, n, numel, base, sink);
+      default: return decode_class<W, kFloat>(dtype, payload, at, n, numel, base, sink);
+    }
   });
 }
 

@@ -1,15 +1,21 @@
-// native.h — the native encoding, v1 (internal; normative description in docs/patch-format.md §4).
+// native.h — the native encoding (internal; normative description in docs/patch-format.md §4.1).
 //
-// Positions: gaps between consecutive changed positions (first gap = first position, then
-// position − previous − 1 ≥ 0), each split into a bit-length class (0..64, entropy-coded) and the bits
-// below its leading one (stored raw): exp-Golomb with a learned, per-tensor class distribution. Values:
-// the signed distance between the order-preserving integer keys of the new and the base value (ULP
-// distance for floats, plain difference for integers), wrapping in the element width so it is exactly
-// invertible for every bit pattern, zigzag-mapped and entropy-coded (255 = escape to a varint). Both
-// symbol streams share one rANS stream. Encode and decode run in O(changes).
+// Values, in every layout: the signed distance between the order-preserving integer keys of the new
+// and the base value (ULP distance for floats, plain difference for integers), wrapping in the element
+// width so it is exactly invertible for every bit pattern, zigzag-mapped and rANS-coded (255 = escape
+// to a varint).
+//
+// Positions, one of three layouts chosen per tensor by size:
+//   gaps   — exp-Golomb gaps: a rANS-coded bit length plus raw low bits. O(changes) both ways.
+//   bitmap — one bit per element, its bytes rANS-coded; tried from 1/32 density, preferred within 3% of
+//            the gaps size from 1/8 density (fewer symbols to decode). O(elements / 8).
+//   class  — per class of the base value (its exponent field), Rice-coded gaps between the changed
+//            members of that class. ~25% smaller on AdamW steps, but encode and decode scan the base
+//            tensor (O(elements)), so it is opt-in (Options::class_positions); float dtypes only.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -17,12 +23,28 @@
 
 namespace dws::codec::native {
 
+enum class Layout : uint8_t { kGaps = 1, kClass = 2, kBitmap = 3 };  // byte 0 of a payload
+
+// From kBitmapPreferredDensity on, the bitmap layout (fewer symbols to decode than gaps there) is chosen
+// when it is at most kBitmapSizeMargin times the size of the gaps layout.
+inline constexpr double kBitmapPreferredDensity = 1.0 / 8;
+inline constexpr double kBitmapSizeMargin = 1.03;
+
+struct Options {
+  bool class_positions = false;  // also try the class layout (encode and decode then scan the base)
+  std::optional<Layout> only;    // encode with exactly this layout (tests); kClass needs a float dtype
+};
+
+// Encodes the changes at `positions` (ascending) of target against base; the smallest allowed layout.
 Result<std::vector<std::byte>> encode(DType dtype, std::span<const std::byte> base, std::span<const std::byte> target,
-                                      std::span<const uint64_t> positions);
+                                      std::span<const uint64_t> positions, const Options& options = {});
 
 // Decodes against `base` (the receiver's current tensor of `numel` elements); validates everything.
 Status decode(DType dtype, uint64_t numel, uint64_t changes, std::span<const std::byte> payload,
               std::span<const std::byte> base, const ChangeSink& sink);
+
+// Whether the class layout exists for this dtype (float dtypes).
+bool has_class_layout(DType dtype);
 
 // The order-preserving key of an element's bits (exposed for tests).
 uint64_t to_key(DType dtype, uint64_t bits);

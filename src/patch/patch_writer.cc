@@ -45,7 +45,7 @@ Result<PatchStats> create_patch(const Checkpoint& base, const Checkpoint& target
     const Encoding enc = d.change == TensorChange::kModified ? options.encoding : Encoding::kFull;
     codec::EncodeInput in{t.dtype, d.base && d.change == TensorChange::kModified ? base.bytes(*d.base) : std::span<const std::byte>(),
                           target.bytes(t), d.positions};
-    encoded[i] = codec::encode_tensor(enc, in, t.shape, options.zstd_level);
+    encoded[i] = codec::encode_tensor(enc, in, t.shape, {options.zstd_level, options.class_positions});
   });
 
   std::vector<TensorWrite> writes;
