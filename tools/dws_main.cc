@@ -14,54 +14,14 @@
 #include "dws/patch.h"
 #include "dws/safetensors.h"
 #include "dws/simulate.h"
+#include "cli_util.h"
+#include "cmd_sync.h"
 
 namespace {
 
 using json = nlohmann::json;
 using dws::ErrorCode;
-
-enum ExitCode : int {
-  kExitOk = 0,
-  kExitInternal = 1,
-  kExitUsage = 2,
-  kExitBadInput = 3,
-  kExitMismatch = 4,
-  kExitIo = 5,
-  kExitPendingJournal = 6,
-};
-
-int exit_code_for(ErrorCode code) {
-  switch (code) {
-    case ErrorCode::kOk: return kExitOk;
-    case ErrorCode::kInvalidArgument: return kExitUsage;
-    case ErrorCode::kIo:
-    case ErrorCode::kNotFound:
-    case ErrorCode::kExists: return kExitIo;
-    case ErrorCode::kBaseMismatch:
-    case ErrorCode::kTargetMismatch: return kExitMismatch;
-    case ErrorCode::kPendingJournal: return kExitPendingJournal;
-    case ErrorCode::kInternal: return kExitInternal;
-    default: return kExitBadInput;
-  }
-}
-
-int fail(const dws::Status& st) {
-  std::cerr << "dws: error: " << st.to_string() << "\n";
-  return exit_code_for(st.code());
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-std::string human_bytes(uint64_t b) {
-  char buf[64];
-  if (b >= (1ull << 30)) std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(b) / (1ull << 30));
-  else if (b >= (1ull << 20)) std::snprintf(buf, sizeof buf, "%.2f MiB", static_cast<double>(b) / (1ull << 20));
-  else if (b >= (1ull << 10)) std::snprintf(buf, sizeof buf, "%.1f KiB", static_cast<double>(b) / (1ull << 10));
-  else std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(b));
-  return buf;
-}
+using namespace dws::cli;
 
 // A file is a patch when it is a safetensors file whose metadata says "dws.format": "dws-patch".
 bool is_patch_file(const std::string& path) {
@@ -341,8 +301,12 @@ int main(int argc, char** argv) {
   inspect->add_option("FILE", file, "Checkpoint (file or directory) or patch")->required();
   inspect->add_flag("--json", as_json, "Machine-readable output");
 
-  auto* verify = app.add_subcommand("verify", "Full structural and hash check of a checkpoint or a patch");
-  verify->add_option("FILE", file, "Checkpoint (file or directory) or patch")->required();
+  std::optional<uint64_t> verify_version;
+  bool verify_full = false;
+  auto* verify = app.add_subcommand("verify", "Full structural and hash check of a checkpoint, a patch or a store");
+  verify->add_option("FILE", file, "Checkpoint (file or directory), patch, or store (a directory holding versions/)")->required();
+  verify->add_option("--version", verify_version, "Store: check only this version");
+  verify->add_flag("--full", verify_full, "Store: also rebuild every version and rescan its state digest");
   verify->add_option("--threads", threads, "Worker threads (0 = all cores)");
 
   auto* recover = app.add_subcommand("recover", "Finish an in-place apply interrupted by a crash");
@@ -361,6 +325,9 @@ int main(int argc, char** argv) {
   simulate->add_option("--seed", sim.seed, "Random seed (same seed, same bytes)")->capture_default_str();
   simulate->add_option("--threads", threads, "Worker threads (0 = all cores)");
 
+  dws::cli::SyncCommands sync;
+  dws::cli::add_sync_commands(app, sync);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -370,7 +337,11 @@ int main(int argc, char** argv) {
   if (*diff) return cmd_diff(base, target, out, encoding, threads, zstd_level, class_positions, quiet);
   if (*apply) return cmd_apply(apply_args, out, in_place, force, threads, quiet);
   if (*inspect) return is_patch_file(file) ? inspect_patch(file, as_json) : inspect_checkpoint(file, as_json);
-  if (*verify) return cmd_verify(file, threads, quiet);
+  if (*verify) {
+    if (dws::cli::looks_like_store(file)) return dws::cli::verify_store_command(file, verify_version, verify_full, threads, quiet);
+    return cmd_verify(file, threads, quiet);
+  }
+  if (auto rc = dws::cli::run_sync_command(sync, threads, quiet)) return *rc;
   if (*recover) return cmd_recover(file, quiet);
   if (*simulate) {
     sim.threads = threads;

@@ -615,11 +615,16 @@ Status decode_class(DType dtype, std::span<const std::byte> payload, size_t at, 
   ValueDecoder<W, kFloat> values(numel, n, base, escapes, sink);
   const uint64_t mask = field.count - 1;
   uint64_t found = 0;
-  // One scan of the base in position order; it stops after the last change.
+  // One scan of the base in position order; it stops after the last change. Inactive (and finished)
+  // classes map to a dummy slot whose skip count never runs out, so the loop has one rarely-taken branch.
+  const uint32_t dummy = static_cast<uint32_t>(classes);
+  skip.push_back(~0ull);
+  for (auto& slot : slot_of_class) {
+    if (slot == kNone) slot = dummy;
+  }
   for (uint64_t i = 0; i < numel && found < n; ++i) {
     const uint32_t s = slot_of_class[(load<W>(base.data() + i * W) >> field.shift) & mask];
-    if (s == kNone) continue;
-    if (skip[s] > 0) {
+    if (skip[s] != 0) [[likely]] {
       --skip[s];
       continue;
     }
@@ -628,7 +633,7 @@ Status decode_class(DType dtype, std::span<const std::byte> payload, size_t at, 
     DWS_RETURN_IF_ERROR(values.take(i, sym));
     ++found;
     if (--left[s] == 0) {
-      slot_of_class[class_of_slot[s]] = kNone;  // class done: its members are skipped
+      slot_of_class[class_of_slot[s]] = dummy;  // class done: its members are skipped
     } else if (!get_rice(rice[s], &skip[s])) {
       return decode_error("Rice bits run out or a gap exceeds the tensor");
     }

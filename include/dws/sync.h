@@ -1,0 +1,117 @@
+// dws/sync.h — versions of one model in a Store: publish, pull, log, verify (docs/store.md).
+//
+// Version 0 is an anchor (the whole checkpoint); later versions carry a delta patch from the previous
+// version, and every anchor_every-th version (or one asked for) also carries an anchor. A version's
+// files are written first; it becomes visible only when its manifest ("versions/<N>/manifest.json") is
+// committed with put_if_absent, so readers never see a partial version and two publishers cannot both
+// commit version N.
+//
+// A receiver's local checkpoint carries a sidecar, "<checkpoint>.dws-version" (JSON: store, version,
+// state digest), rewritten atomically after every applied version. Pulls are transactional per version:
+// each delta is applied in place through the crash-safe journal of apply_patch_in_place, and an anchor
+// is restored into a temp copy that replaces the local checkpoint atomically; an interrupted pull leaves
+// the checkpoint at some complete version (or with a journal that the next pull replays first).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dws/patch.h"
+#include "dws/status.h"
+#include "dws/store.h"
+
+namespace dws {
+
+struct VersionFile {
+  std::string key;          // object key in the store
+  std::string role;         // "delta" | "anchor" (anchor files of a sharded checkpoint: one per file)
+  std::string name;         // anchor: the file's name inside the checkpoint ("" for a single file)
+  uint64_t size_bytes = 0;
+  std::string xxh3;         // XXH3-128 of the object's bytes, 32 hex digits
+};
+
+struct VersionManifest {
+  uint64_t version = 0;
+  std::optional<uint64_t> base_version;  // the delta's base (version − 1); nullopt without a delta
+  bool has_anchor = false;
+  bool sharded = false;                   // the anchor is a sharded directory
+  std::string base_state_digest;          // with a delta: the state it applies to
+  std::string state_digest;               // the state this version ends at
+  uint64_t changes = 0;                   // delta: changed elements
+  uint64_t elements = 0;                  // elements of the model
+  uint64_t model_bytes = 0;               // tensor bytes of the model
+  uint64_t created_unix_ms = 0;
+  std::vector<VersionFile> files;
+
+  uint64_t bytes_of(std::string_view role) const;
+};
+
+// Parses and validates a manifest (hostile bytes: keys are checked, sizes bounded).
+Result<VersionManifest> parse_manifest(std::string_view json_text);
+std::string serialize_manifest(const VersionManifest& m);
+
+// Committed versions, ascending (a manifest present = committed).
+Result<std::vector<uint64_t>> list_versions(Store& store);
+Result<VersionManifest> read_manifest(Store& store, uint64_t version);
+
+struct PublishOptions {
+  uint64_t anchor_every = 16;  // versions 0, N, 2N, ... carry an anchor; 0 = only version 0
+  bool anchor = false;          // this version carries an anchor (and starts a new chain if it does not descend)
+  // The publisher's copy of the last published state, kept to diff against; rebuilt from the store
+  // when missing or not at the store's latest version. Required.
+  std::string snapshot_path;
+  // A delta with more than this fraction of elements changed (or a different tensor set) is taken as a
+  // checkpoint that does not descend from the last version: E_BASE_MISMATCH unless `anchor`.
+  double max_delta_density = 0.5;
+  CreatePatchOptions patch;     // encoding, threads
+};
+
+struct PublishResult {
+  uint64_t version = 0;
+  bool has_delta = false, has_anchor = false;
+  uint64_t delta_bytes = 0, anchor_bytes = 0;
+  uint64_t changes = 0, elements = 0;
+  std::string state_digest;
+};
+
+// Publishes checkpoint_path as the store's next version. E_EXISTS when another publisher committed
+// that version first (nothing of ours stays visible; retry after pulling).
+Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, const PublishOptions& options);
+
+struct PullOptions {
+  std::optional<uint64_t> version;  // default: the latest
+  size_t threads = 0;
+  // Called after each applied version (progress); may be empty.
+  std::function<void(uint64_t version, bool from_anchor)> on_version;
+};
+
+struct PullResult {
+  std::optional<uint64_t> from_version;  // the local version before the pull (nullopt: none/unknown)
+  uint64_t version = 0;                  // the local version now
+  bool used_anchor = false;
+  std::vector<uint64_t> applied;         // versions applied as deltas
+  uint64_t bytes_downloaded = 0;
+  std::string state_digest;
+};
+
+// Brings local_path (a checkpoint, or a path that does not exist yet) to the requested version.
+Result<PullResult> pull(Store& store, const std::string& local_path, const PullOptions& options);
+
+// The local checkpoint's version according to its sidecar (nullopt when there is none).
+Result<std::optional<uint64_t>> local_version(const std::string& local_path);
+
+struct VerifyReport {
+  std::vector<uint64_t> versions_checked;
+  std::vector<std::string> problems;  // one line per problem, naming the version and object
+  bool ok() const { return problems.empty(); }
+};
+
+// Checks manifests, that every object exists with its size and hash, and that deltas chain (base =
+// previous version, base digest = previous state digest). full: also rebuilds every version from its
+// anchor in a scratch directory and checks the state digests by rescanning.
+Result<VerifyReport> verify_store(Store& store, std::optional<uint64_t> version, bool full, size_t threads);
+
+}  // namespace dws

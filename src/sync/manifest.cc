@@ -1,0 +1,186 @@
+// Version manifests: the JSON document whose commit makes a version visible (docs/store.md).
+#include <cinttypes>
+#include <cstdio>
+
+#include "format/json_strict.h"
+#include "sync/keys.h"
+
+namespace dws {
+
+namespace {
+
+using json = nlohmann::json;
+
+constexpr std::string_view kManifestFormat = "dws-version";
+constexpr uint64_t kManifestFormatVersion = 1;
+constexpr size_t kMaxFiles = 100000;
+
+Status bad(const std::string& msg) { return make_error(ErrorCode::kPatchMetadata, "manifest: " + msg); }
+
+bool is_hex32(const std::string& s) {
+  if (s.size() != 32) return false;
+  for (char c : s) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+uint64_t VersionManifest::bytes_of(std::string_view role) const {
+  uint64_t n = 0;
+  for (const auto& f : files) {
+    if (f.role == role) n += f.size_bytes;
+  }
+  return n;
+}
+
+std::string serialize_manifest(const VersionManifest& m) {
+  json doc = {{"format", kManifestFormat},
+              {"format_version", kManifestFormatVersion},
+              {"version", m.version},
+              {"has_anchor", m.has_anchor},
+              {"sharded", m.sharded},
+              {"state_digest", m.state_digest},
+              {"changes", m.changes},
+              {"elements", m.elements},
+              {"model_bytes", m.model_bytes},
+              {"created_unix_ms", m.created_unix_ms}};
+  if (m.base_version) {
+    doc["base_version"] = *m.base_version;
+    doc["base_state_digest"] = m.base_state_digest;
+  }
+  json files = json::array();
+  for (const auto& f : m.files) {
+    files.push_back({{"key", f.key}, {"role", f.role}, {"name", f.name}, {"size_bytes", f.size_bytes}, {"xxh3", f.xxh3}});
+  }
+  doc["files"] = std::move(files);
+  return doc.dump(1) + "\n";
+}
+
+Result<VersionManifest> parse_manifest(std::string_view text) {
+  DWS_ASSIGN_OR_RETURN(json doc, parse_json_strict(text, "version manifest"));
+  if (!doc.is_object()) return bad("not a JSON object");
+  auto u64 = [&](const json& obj, const char* key, uint64_t* out) -> Status {
+    auto it = obj.find(key);
+    if (it == obj.end() || !it->is_number_unsigned()) return bad(std::string("'") + key + "' missing or not an unsigned integer");
+    *out = it->get<uint64_t>();
+    return Status::Ok();
+  };
+  auto str = [&](const json& obj, const char* key, std::string* out) -> Status {
+    auto it = obj.find(key);
+    if (it == obj.end() || !it->is_string()) return bad(std::string("'") + key + "' missing or not a string");
+    *out = it->get<std::string>();
+    return Status::Ok();
+  };
+  auto boolean = [&](const json& obj, const char* key, bool* out) -> Status {
+    auto it = obj.find(key);
+    if (it == obj.end() || !it->is_boolean()) return bad(std::string("'") + key + "' missing or not a boolean");
+    *out = it->get<bool>();
+    return Status::Ok();
+  };
+  std::string format;
+  uint64_t format_version = 0;
+  DWS_RETURN_IF_ERROR(str(doc, "format", &format));
+  if (format != kManifestFormat) return bad("format is '" + format + "', not 'dws-version'");
+  DWS_RETURN_IF_ERROR(u64(doc, "format_version", &format_version));
+  if (format_version != kManifestFormatVersion) {
+    return make_error(ErrorCode::kUnsupported, "manifest: format_version " + std::to_string(format_version) + " (this dws reads 1)");
+  }
+  VersionManifest m;
+  DWS_RETURN_IF_ERROR(u64(doc, "version", &m.version));
+  DWS_RETURN_IF_ERROR(boolean(doc, "has_anchor", &m.has_anchor));
+  DWS_RETURN_IF_ERROR(boolean(doc, "sharded", &m.sharded));
+  DWS_RETURN_IF_ERROR(str(doc, "state_digest", &m.state_digest));
+  DWS_RETURN_IF_ERROR(u64(doc, "changes", &m.changes));
+  DWS_RETURN_IF_ERROR(u64(doc, "elements", &m.elements));
+  DWS_RETURN_IF_ERROR(u64(doc, "model_bytes", &m.model_bytes));
+  DWS_RETURN_IF_ERROR(u64(doc, "created_unix_ms", &m.created_unix_ms));
+  if (!is_hex32(m.state_digest)) return bad("state_digest is not 32 lower-case hex digits");
+  if (doc.contains("base_version")) {
+    uint64_t b = 0;
+    DWS_RETURN_IF_ERROR(u64(doc, "base_version", &b));
+    if (b + 1 != m.version) return bad("base_version " + std::to_string(b) + " of version " + std::to_string(m.version) + " is not the previous version");
+    m.base_version = b;
+    DWS_RETURN_IF_ERROR(str(doc, "base_state_digest", &m.base_state_digest));
+    if (!is_hex32(m.base_state_digest)) return bad("base_state_digest is not 32 lower-case hex digits");
+  }
+  auto files = doc.find("files");
+  if (files == doc.end() || !files->is_array()) return bad("'files' missing or not an array");
+  if (files->size() > kMaxFiles) return bad("more than " + std::to_string(kMaxFiles) + " files");
+  size_t deltas = 0, anchors = 0;
+  for (const json& f : *files) {
+    if (!f.is_object()) return bad("a file entry is not an object");
+    VersionFile vf;
+    DWS_RETURN_IF_ERROR(str(f, "key", &vf.key));
+    DWS_RETURN_IF_ERROR(str(f, "role", &vf.role));
+    DWS_RETURN_IF_ERROR(str(f, "name", &vf.name));
+    DWS_RETURN_IF_ERROR(u64(f, "size_bytes", &vf.size_bytes));
+    DWS_RETURN_IF_ERROR(str(f, "xxh3", &vf.xxh3));
+    if (Status st = check_store_key(vf.key); !st.ok()) return bad(st.message());
+    if (vf.key.rfind(version_prefix(m.version), 0) != 0) return bad("file " + vf.key + " lies outside its version's prefix");
+    if (!is_hex32(vf.xxh3)) return bad("file " + vf.key + ": xxh3 is not 32 lower-case hex digits");
+    if (vf.role == "delta") {
+      ++deltas;
+      if (!vf.name.empty()) return bad("a delta file has a name");
+    } else if (vf.role == "anchor") {
+      ++anchors;
+      if (!vf.name.empty() && !is_plain_file_name(vf.name)) return bad("anchor file name '" + vf.name + "' is not a plain file name");
+      if (vf.name.empty() == m.sharded) return bad("anchor file names must be given exactly when the anchor is sharded");
+    } else {
+      return bad("file " + vf.key + " has unknown role '" + vf.role + "'");
+    }
+    m.files.push_back(std::move(vf));
+  }
+  if (deltas != (m.base_version ? 1u : 0u)) return bad("a version has one delta file exactly when it has a base_version");
+  if ((anchors > 0) != m.has_anchor) return bad("has_anchor disagrees with the anchor files listed");
+  if (!m.has_anchor && !m.base_version) return bad("a version needs an anchor or a delta");
+  if (!m.sharded && anchors > 1) return bad("a single-file anchor lists several files");
+  return m;
+}
+
+std::string version_prefix(uint64_t version) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "versions/%020" PRIu64 "/", version);
+  return buf;
+}
+
+std::string manifest_key(uint64_t version) { return version_prefix(version) + "manifest.json"; }
+
+std::optional<uint64_t> version_of_manifest_key(std::string_view key) {
+  constexpr std::string_view kHead = "versions/";
+  constexpr std::string_view kTail = "/manifest.json";
+  if (key.size() != kHead.size() + 20 + kTail.size() || key.substr(0, kHead.size()) != kHead ||
+      key.substr(kHead.size() + 20) != kTail) {
+    return std::nullopt;
+  }
+  uint64_t v = 0;
+  for (char c : key.substr(kHead.size(), 20)) {
+    if (c < '0' || c > '9') return std::nullopt;
+    if (v > (UINT64_MAX - static_cast<uint64_t>(c - '0')) / 10) return std::nullopt;
+    v = v * 10 + static_cast<uint64_t>(c - '0');
+  }
+  return v;
+}
+
+Result<std::vector<uint64_t>> list_versions(Store& store) {
+  DWS_ASSIGN_OR_RETURN(std::vector<ObjectInfo> objects, store.list("versions/"));
+  std::vector<uint64_t> out;
+  for (const auto& o : objects) {
+    if (auto v = version_of_manifest_key(o.key)) out.push_back(*v);
+  }
+  return out;  // keys sort as the zero-padded numbers do
+}
+
+Result<VersionManifest> read_manifest(Store& store, uint64_t version) {
+  auto bytes = store.get(manifest_key(version), kMaxManifestBytes);
+  if (!bytes.ok()) return bytes.status().with_context("version " + std::to_string(version));
+  auto m = parse_manifest(std::string_view(reinterpret_cast<const char*>(bytes->data()), bytes->size()));
+  if (!m.ok()) return m.status().with_context("version " + std::to_string(version));
+  if (m->version != version) {
+    return bad("the manifest under version " + std::to_string(version) + " says version " + std::to_string(m->version));
+  }
+  return m;
+}
+
+}  // namespace dws

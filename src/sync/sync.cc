@@ -1,0 +1,517 @@
+// publish, pull, verify over a Store (contracts in dws/sync.h; layout and protocol in docs/store.md).
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fcntl.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <filesystem>
+#include <random>
+
+#include "core/file_io.h"
+#include "dws/checkpoint.h"
+#include "dws/digest.h"
+#include "format/json_strict.h"
+#include "sync/keys.h"
+
+namespace dws {
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+constexpr uint64_t kMaxSidecarBytes = 1 << 20;
+
+std::string sidecar_path(const std::string& local_path) {
+  std::string p = local_path;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  return p + ".dws-version";
+}
+
+struct LocalState {
+  uint64_t version = 0;
+  std::string state_digest;
+};
+
+Result<std::optional<LocalState>> read_sidecar(const std::string& local_path) {
+  const std::string path = sidecar_path(local_path);
+  if (!io::path_exists(path)) return std::optional<LocalState>();
+  DWS_ASSIGN_OR_RETURN(std::string text, io::read_file(path, kMaxSidecarBytes));
+  auto doc = parse_json_strict(text, path);
+  if (!doc.ok() || !doc->is_object() || !doc->contains("version") || !(*doc)["version"].is_number_unsigned() ||
+      !doc->contains("state_digest") || !(*doc)["state_digest"].is_string()) {
+    return std::optional<LocalState>();  // unreadable: treated as unknown, the pull identifies the state
+  }
+  return std::optional<LocalState>(LocalState{(*doc)["version"].get<uint64_t>(), (*doc)["state_digest"].get<std::string>()});
+}
+
+Status write_sidecar(const std::string& local_path, const Store& store, uint64_t version, const std::string& digest) {
+  json doc = {{"format", "dws-local"}, {"store", store.describe()}, {"version", version}, {"state_digest", digest}};
+  return io::write_file_atomic(sidecar_path(local_path), doc.dump() + "\n");
+}
+
+std::string random_token() {
+  std::random_device rd;
+  const uint64_t v = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^ static_cast<uint64_t>(::getpid());
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+uint64_t now_unix_ms() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+}
+
+Result<std::string> file_xxh3(const std::string& path) {
+  DWS_ASSIGN_OR_RETURN(io::MappedFile f, io::MappedFile::open(path, io::MappedFile::Mode::kReadOnly));
+  return digest_hex(digest_bytes(f.bytes()));
+}
+
+Result<std::string> checkpoint_state_digest(const Checkpoint& cp, size_t threads) {
+  return digest_hex(state_digest(cp.tensors(), tensor_digests(cp, threads)));
+}
+
+// The files that make up a checkpoint on disk: {name inside, local path}.
+std::vector<std::pair<std::string, std::string>> checkpoint_files(const Checkpoint& cp) {
+  std::vector<std::pair<std::string, std::string>> out;
+  if (!cp.is_directory()) {
+    out.push_back({"", cp.path()});
+    return out;
+  }
+  for (const auto& shard : cp.layout().shards) out.push_back({shard.file, cp.path() + "/" + shard.file});
+  if (cp.layout().has_index) out.push_back({std::string(kIndexFileName), cp.path() + "/" + std::string(kIndexFileName)});
+  return out;
+}
+
+void remove_quietly(const std::string& path) {
+  std::error_code ec;
+  fs::remove_all(path, ec);
+}
+
+// Moves a complete checkpoint at `from` (file or directory) to `to`, replacing what is there atomically.
+Status replace_checkpoint(const std::string& from, const std::string& to) {
+  if (!io::is_directory(from) || !io::path_exists(to)) return io::rename_durable(from, to);
+  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_EXCHANGE) == 0) {
+    DWS_RETURN_IF_ERROR(io::fsync_directory(io::parent_dir(to)));
+    remove_quietly(from);  // now holds the old checkpoint
+    return Status::Ok();
+  }
+  const std::string aside = io::temp_name_for(to);
+  DWS_RETURN_IF_ERROR(io::rename_durable(to, aside));
+  if (Status st = io::rename_durable(from, to); !st.ok()) {
+    (void)io::rename_durable(aside, to);
+    return st;
+  }
+  remove_quietly(aside);
+  return Status::Ok();
+}
+
+// A hidden scratch path next to `local` (same filesystem, so renames into place are atomic).
+std::string scratch_path(const std::string& local, const std::string& what) {
+  std::string p = local;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  return io::parent_dir(p) + "/." + io::base_name(p) + ".dws-" + what + "-" + random_token();
+}
+
+Status download_verified(Store& store, const VersionFile& f, const std::string& path) {
+  DWS_RETURN_IF_ERROR(store.get_file(f.key, path));
+  DWS_ASSIGN_OR_RETURN(std::string got, file_xxh3(path));
+  struct stat st {};
+  const uint64_t size = ::stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+  if (got != f.xxh3 || size != f.size_bytes) {
+    remove_quietly(path);
+    return make_error(ErrorCode::kPayloadHash, "store object " + f.key + " is " + std::to_string(size) + " bytes hashing to " +
+                                                   got + "; its manifest says " + std::to_string(f.size_bytes) + " bytes, " + f.xxh3);
+  }
+  return Status::Ok();
+}
+
+class Puller {
+ public:
+  Puller(Store& store, const std::string& local, const PullOptions& options)
+      : store_(store), local_(local), options_(options) {
+    while (local_.size() > 1 && local_.back() == '/') local_.pop_back();
+  }
+
+  Result<PullResult> run() {
+    if (io::path_exists(journal_path_for(local_))) {
+      auto rec = recover_checkpoint(local_);
+      if (!rec.ok()) return rec.status().with_context("pull: recovering " + local_);
+    }
+    DWS_ASSIGN_OR_RETURN(versions_, list_versions(store_));
+    if (versions_.empty()) return make_error(ErrorCode::kNotFound, "pull: " + store_.describe() + " has no versions");
+    const uint64_t target = options_.version.value_or(versions_.back());
+    if (!std::binary_search(versions_.begin(), versions_.end(), target)) {
+      return make_error(ErrorCode::kNotFound, "pull: version " + std::to_string(target) + " is not in " + store_.describe() +
+                                                  " (latest " + std::to_string(versions_.back()) + ")");
+    }
+    DWS_ASSIGN_OR_RETURN(std::optional<uint64_t> local_v, identify_local(target));
+    result_.from_version = local_v;
+    if (local_v && *local_v == target) {
+      result_.version = target;
+      result_.state_digest = manifests_.at(target).state_digest;
+      return result_;
+    }
+    // The cheaper of the delta chain from the local version and the nearest anchor plus its chain.
+    DWS_ASSIGN_OR_RETURN(std::optional<uint64_t> anchor, nearest_anchor(target));
+    std::optional<uint64_t> chain_bytes;
+    if (local_v && *local_v < target) chain_bytes = chain_cost(*local_v, target);
+    std::optional<uint64_t> anchor_bytes;
+    if (anchor) {
+      auto c = chain_cost(*anchor, target);
+      if (c) anchor_bytes = manifests_.at(*anchor).bytes_of("anchor") + *c;
+    }
+    Status chain_status = Status::Ok();
+    if (chain_bytes && (!anchor_bytes || *chain_bytes <= *anchor_bytes)) {
+      chain_status = apply_chain(local_, *local_v, target, /*update_sidecar=*/true);
+      if (chain_status.ok()) return finish(target);
+      // Fall through to the anchor, which does not depend on the local state.
+    }
+    if (!anchor) {
+      if (!chain_status.ok()) return chain_status;
+      return make_error(ErrorCode::kNotFound, "pull: no anchor at or before version " + std::to_string(target) +
+                                                  " and no delta chain from the local version");
+    }
+    if (!anchor_bytes) {
+      return make_error(ErrorCode::kNotFound, "pull: the chain from anchor " + std::to_string(*anchor) + " to " +
+                                                  std::to_string(target) + " is broken" +
+                                                  (chain_status.ok() ? "" : "; the local chain failed: " + chain_status.to_string()));
+    }
+    Status st = restore_from_anchor(*anchor, target);
+    if (!st.ok()) {
+      return chain_status.ok() ? st : st.with_context("after the local chain failed (" + chain_status.to_string() + ")");
+    }
+    return finish(target);
+  }
+
+ private:
+  Result<PullResult> finish(uint64_t target) {
+    result_.version = target;
+    result_.state_digest = manifests_.at(target).state_digest;
+    return result_;
+  }
+
+  Result<const VersionManifest*> manifest(uint64_t v) {
+    auto it = manifests_.find(v);
+    if (it == manifests_.end()) {
+      DWS_ASSIGN_OR_RETURN(VersionManifest m, read_manifest(store_, v));
+      it = manifests_.emplace(v, std::move(m)).first;
+    }
+    return &it->second;
+  }
+
+  // The local version: the sidecar's if its digest matches that version's manifest; otherwise the
+  // version whose state digest equals the checkpoint's (computed, O(model)); nullopt when there is no
+  // checkpoint or it matches no version up to the target.
+  Result<std::optional<uint64_t>> identify_local(uint64_t target) {
+    if (!io::path_exists(local_)) return std::optional<uint64_t>();
+    DWS_ASSIGN_OR_RETURN(std::optional<LocalState> side, read_sidecar(local_));
+    if (side && std::binary_search(versions_.begin(), versions_.end(), side->version)) {
+      auto m = manifest(side->version);
+      if (m.ok() && (*m)->state_digest == side->state_digest) return std::optional<uint64_t>(side->version);
+    }
+    auto cp = Checkpoint::open(local_);
+    if (!cp.ok()) return std::optional<uint64_t>();  // not a checkpoint: replaced from an anchor
+    DWS_ASSIGN_OR_RETURN(std::string digest, checkpoint_state_digest(*cp, options_.threads));
+    for (auto it = versions_.rbegin(); it != versions_.rend(); ++it) {
+      if (*it > target) continue;
+      auto m = manifest(*it);
+      if (m.ok() && (*m)->state_digest == digest) {
+        DWS_RETURN_IF_ERROR(write_sidecar(local_, store_, *it, digest));
+        return std::optional<uint64_t>(*it);
+      }
+    }
+    return std::optional<uint64_t>();
+  }
+
+  Result<std::optional<uint64_t>> nearest_anchor(uint64_t target) {
+    for (auto it = versions_.rbegin(); it != versions_.rend(); ++it) {
+      if (*it > target) continue;
+      auto m = manifest(*it);
+      if (m.ok() && (*m)->has_anchor) return std::optional<uint64_t>(*it);
+    }
+    return std::optional<uint64_t>();
+  }
+
+  // Bytes of the deltas from+1..to, or nullopt when one is missing.
+  std::optional<uint64_t> chain_cost(uint64_t from, uint64_t to) {
+    uint64_t bytes = 0;
+    for (uint64_t v = from + 1; v <= to; ++v) {
+      if (!std::binary_search(versions_.begin(), versions_.end(), v)) return std::nullopt;
+      auto m = manifest(v);
+      if (!m.ok() || !(*m)->base_version) return std::nullopt;
+      bytes += (*m)->bytes_of("delta");
+    }
+    return bytes;
+  }
+
+  // Applies deltas from+1..to to the checkpoint at `path` in place, one crash-safe apply each.
+  Status apply_chain(const std::string& path, uint64_t from, uint64_t to, bool update_sidecar) {
+    for (uint64_t v = from + 1; v <= to; ++v) {
+      DWS_ASSIGN_OR_RETURN(const VersionManifest* m, manifest(v));
+      const VersionFile* delta = nullptr;
+      for (const auto& f : m->files) {
+        if (f.role == "delta") delta = &f;
+      }
+      if (!delta) return make_error(ErrorCode::kNotFound, "pull: version " + std::to_string(v) + " has no delta");
+      const std::string tmp = scratch_path(local_, "delta");
+      Status st = download_verified(store_, *delta, tmp);
+      if (st.ok()) {
+        auto patch = Patch::open(tmp);
+        if (!patch.ok()) {
+          st = patch.status();
+        } else if (digest_hex(patch->header().target_state_digest) != m->state_digest ||
+                   digest_hex(patch->header().base_state_digest) != m->base_state_digest) {
+          st = make_error(ErrorCode::kPatchMetadata, "the patch's state digests disagree with its manifest");
+        } else {
+          auto applied = apply_patch_in_place(path, *patch, {options_.threads, false});
+          st = applied.ok() ? Status::Ok() : applied.status();
+        }
+      }
+      remove_quietly(tmp);
+      if (!st.ok()) return st.with_context("pull: version " + std::to_string(v));
+      result_.bytes_downloaded += delta->size_bytes;
+      result_.applied.push_back(v);
+      if (update_sidecar) DWS_RETURN_IF_ERROR(write_sidecar(path, store_, v, m->state_digest));
+      if (options_.on_version) options_.on_version(v, false);
+    }
+    return Status::Ok();
+  }
+
+  Status restore_from_anchor(uint64_t anchor, uint64_t target) {
+    DWS_ASSIGN_OR_RETURN(const VersionManifest* m, manifest(anchor));
+    const std::string scratch = scratch_path(local_, "anchor");
+    Status st = [&]() -> Status {
+      if (m->sharded) {
+        std::error_code ec;
+        fs::create_directories(scratch, ec);
+        if (ec) return make_error(ErrorCode::kIo, "pull: cannot create " + scratch + ": " + ec.message());
+      }
+      for (const auto& f : m->files) {
+        if (f.role != "anchor") continue;
+        DWS_RETURN_IF_ERROR(download_verified(store_, f, m->sharded ? scratch + "/" + f.name : scratch));
+        result_.bytes_downloaded += f.size_bytes;
+      }
+      {
+        DWS_ASSIGN_OR_RETURN(Checkpoint cp, Checkpoint::open(scratch));
+        DWS_ASSIGN_OR_RETURN(std::string digest, checkpoint_state_digest(cp, options_.threads));
+        if (digest != m->state_digest) {
+          return make_error(ErrorCode::kTargetMismatch, "pull: anchor of version " + std::to_string(anchor) +
+                                                            " has state digest " + digest + ", its manifest says " + m->state_digest);
+        }
+      }
+      if (options_.on_version) options_.on_version(anchor, true);
+      DWS_RETURN_IF_ERROR(apply_chain(scratch, anchor, target, /*update_sidecar=*/false));
+      DWS_RETURN_IF_ERROR(replace_checkpoint(scratch, local_));
+      return write_sidecar(local_, store_, target, manifests_.at(target).state_digest);
+    }();
+    if (!st.ok()) {
+      remove_quietly(scratch);
+      remove_quietly(journal_path_for(scratch));
+      return st;
+    }
+    result_.used_anchor = true;
+    return Status::Ok();
+  }
+
+  Store& store_;
+  std::string local_;
+  const PullOptions& options_;
+  std::vector<uint64_t> versions_;
+  std::map<uint64_t, VersionManifest> manifests_;
+  PullResult result_;
+};
+
+}  // namespace
+
+Result<std::optional<uint64_t>> local_version(const std::string& local_path) {
+  DWS_ASSIGN_OR_RETURN(std::optional<LocalState> s, read_sidecar(local_path));
+  if (!s) return std::optional<uint64_t>();
+  return std::optional<uint64_t>(s->version);
+}
+
+Result<PullResult> pull(Store& store, const std::string& local_path, const PullOptions& options) {
+  return Puller(store, local_path, options).run();
+}
+
+Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, const PublishOptions& options) {
+  if (options.snapshot_path.empty()) return make_error(ErrorCode::kInvalidArgument, "publish: a snapshot path is required");
+  DWS_ASSIGN_OR_RETURN(Checkpoint cp, Checkpoint::open(checkpoint_path));
+  DWS_ASSIGN_OR_RETURN(std::vector<uint64_t> versions, list_versions(store));
+  VersionManifest m;
+  m.version = versions.empty() ? 0 : versions.back() + 1;
+  m.created_unix_ms = now_unix_ms();
+  m.elements = 0;
+  for (const auto& t : cp.tensors()) m.elements += t.numel();
+  m.model_bytes = cp.total_tensor_bytes();
+  const std::string prefix = version_prefix(m.version) + random_token() + "/";
+  const std::string scratch = scratch_path(options.snapshot_path, "publish");
+  PublishResult result;
+  result.version = m.version;
+  result.elements = m.elements;
+
+  std::vector<std::string> uploaded;
+  auto cleanup = [&]() {
+    for (const auto& k : uploaded) (void)store.remove(k);
+    remove_quietly(scratch);
+  };
+  Status st = [&]() -> Status {
+    bool want_anchor = versions.empty() || options.anchor ||
+                       (options.anchor_every > 0 && m.version % options.anchor_every == 0);
+    if (!versions.empty()) {
+      // The snapshot must be at the latest version: pull brings it there (O(changes) when it already
+      // is one version behind; rebuilt from an anchor when missing).
+      PullOptions po;
+      po.version = versions.back();
+      po.threads = options.patch.threads;
+      auto pulled = pull(store, options.snapshot_path, po);
+      if (!pulled.ok()) return pulled.status().with_context("publish: bringing the snapshot " + options.snapshot_path + " to version " + std::to_string(versions.back()));
+      DWS_ASSIGN_OR_RETURN(Checkpoint snap, Checkpoint::open(options.snapshot_path));
+      DWS_ASSIGN_OR_RETURN(PatchStats ps, create_patch(snap, cp, scratch, options.patch));
+      const bool same_tensors = ps.removed_tensors == 0 && ps.changed_tensors <= ps.tensors;
+      const double density = ps.elements ? static_cast<double>(ps.changes) / static_cast<double>(ps.elements) : 0.0;
+      const bool descends = same_tensors && density <= options.max_delta_density;
+      if (descends) {
+        DWS_ASSIGN_OR_RETURN(Patch patch, Patch::open(scratch));
+        m.base_version = versions.back();
+        m.base_state_digest = digest_hex(patch.header().base_state_digest);
+        m.state_digest = digest_hex(patch.header().target_state_digest);
+        m.changes = ps.changes;
+        DWS_ASSIGN_OR_RETURN(std::string h, file_xxh3(scratch));
+        const std::string key = prefix + "delta.dwsp";
+        DWS_RETURN_IF_ERROR(store.put_file(key, scratch));
+        uploaded.push_back(key);
+        m.files.push_back({key, "delta", "", ps.patch_file_bytes, h});
+        result.has_delta = true;
+        result.delta_bytes = ps.patch_file_bytes;
+        result.changes = ps.changes;
+      } else if (!options.anchor) {
+        return make_error(ErrorCode::kBaseMismatch,
+                          "publish: " + checkpoint_path + " does not descend from version " + std::to_string(versions.back()) +
+                              " (" + std::to_string(ps.changes) + " of " + std::to_string(ps.elements) +
+                              " elements differ, " + std::to_string(ps.removed_tensors) +
+                              " tensors removed); publish it with --anchor to start a new chain");
+      } else {
+        want_anchor = true;
+      }
+      remove_quietly(scratch);
+    }
+    if (want_anchor) {
+      if (m.state_digest.empty()) {
+        DWS_ASSIGN_OR_RETURN(m.state_digest, checkpoint_state_digest(cp, options.patch.threads));
+      }
+      m.has_anchor = true;
+      m.sharded = cp.is_directory();
+      for (const auto& [name, path] : checkpoint_files(cp)) {
+        const std::string key = m.sharded ? prefix + "anchor/" + name : prefix + "anchor.safetensors";
+        DWS_ASSIGN_OR_RETURN(std::string h, file_xxh3(path));
+        struct stat sb {};
+        if (::stat(path.c_str(), &sb) != 0) return make_error(ErrorCode::kIo, "publish: stat " + path + ": " + io::errno_text(errno));
+        DWS_RETURN_IF_ERROR(store.put_file(key, path));
+        uploaded.push_back(key);
+        m.files.push_back({key, "anchor", name, static_cast<uint64_t>(sb.st_size), h});
+        result.anchor_bytes += static_cast<uint64_t>(sb.st_size);
+      }
+      result.has_anchor = true;
+    }
+    // The commit point.
+    const std::string text = serialize_manifest(m);
+    DWS_RETURN_IF_ERROR(store.put_if_absent(manifest_key(m.version),
+                                            std::span(reinterpret_cast<const std::byte*>(text.data()), text.size())));
+    return Status::Ok();
+  }();
+  if (!st.ok()) {
+    cleanup();
+    return st;
+  }
+  result.state_digest = m.state_digest;
+  // Move the snapshot to the new version (applies the delta just published, or restores the anchor).
+  PullOptions po;
+  po.version = m.version;
+  po.threads = options.patch.threads;
+  auto pulled = pull(store, options.snapshot_path, po);
+  if (!pulled.ok()) return pulled.status().with_context("publish: version " + std::to_string(m.version) + " committed, but updating the snapshot failed");
+  return result;
+}
+
+Result<VerifyReport> verify_store(Store& store, std::optional<uint64_t> version, bool full, size_t threads) {
+  VerifyReport report;
+  DWS_ASSIGN_OR_RETURN(std::vector<uint64_t> versions, list_versions(store));
+  std::map<uint64_t, VersionManifest> manifests;
+  for (uint64_t v : versions) {
+    if (version && v != *version) continue;
+    report.versions_checked.push_back(v);
+    auto m = read_manifest(store, v);
+    if (!m.ok()) {
+      report.problems.push_back("version " + std::to_string(v) + ": " + m.status().to_string());
+      continue;
+    }
+    for (const auto& f : m->files) {
+      auto bytes = store.get(f.key, f.size_bytes);
+      if (!bytes.ok()) {
+        report.problems.push_back("version " + std::to_string(v) + ": " + f.key + ": " + bytes.status().to_string());
+        continue;
+      }
+      const std::string h = digest_hex(digest_bytes(*bytes));
+      if (bytes->size() != f.size_bytes || h != f.xxh3) {
+        report.problems.push_back("version " + std::to_string(v) + ": " + f.key + " is " + std::to_string(bytes->size()) +
+                                  " bytes hashing to " + h + "; the manifest says " + std::to_string(f.size_bytes) + ", " + f.xxh3);
+      }
+    }
+    if (m->base_version) {
+      auto prev = read_manifest(store, *m->base_version);
+      if (!prev.ok()) {
+        report.problems.push_back("version " + std::to_string(v) + ": its base version " + std::to_string(*m->base_version) +
+                                  " is missing (" + prev.status().to_string() + ")");
+      } else if (prev->state_digest != m->base_state_digest) {
+        report.problems.push_back("version " + std::to_string(v) + ": base state digest " + m->base_state_digest +
+                                  " is not version " + std::to_string(*m->base_version) + "'s state " + prev->state_digest);
+      }
+    }
+    manifests.emplace(v, std::move(*m));
+  }
+  if (full) {
+    // Rebuild the checked versions in ascending order with pull, which checks every digest on the way,
+    // and rescan each result; every anchor is also restored on its own (a pull with no local copy).
+    const std::string scratch = (fs::temp_directory_path() / ("dws-verify-" + random_token())).string();
+    std::error_code ec;
+    fs::create_directories(scratch, ec);
+    const std::string chained = scratch + "/chained";
+    auto rebuild = [&](const std::string& local, uint64_t v, const VersionManifest& m) {
+      PullOptions po;
+      po.version = v;
+      po.threads = threads;
+      auto r = pull(store, local, po);
+      if (!r.ok()) {
+        report.problems.push_back("version " + std::to_string(v) + ": rebuilding it failed: " + r.status().to_string());
+        remove_quietly(local);
+        remove_quietly(sidecar_path(local));
+        return;
+      }
+      auto cp = Checkpoint::open(local);
+      auto d = cp.ok() ? checkpoint_state_digest(*cp, threads) : Result<std::string>(cp.status());
+      if (!d.ok() || *d != m.state_digest) {
+        report.problems.push_back("version " + std::to_string(v) + ": rebuilt state digest " + (d.ok() ? *d : d.status().to_string()) +
+                                  " is not the manifest's " + m.state_digest);
+      }
+    };
+    for (const auto& [v, m] : manifests) {
+      rebuild(chained, v, m);
+      if (m.has_anchor && v != manifests.begin()->first) {
+        const std::string fresh = scratch + "/anchor";
+        rebuild(fresh, v, m);
+        remove_quietly(fresh);
+        remove_quietly(sidecar_path(fresh));
+      }
+    }
+    remove_quietly(scratch);
+  }
+  return report;
+}
+
+}  // namespace dws

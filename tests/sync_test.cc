@@ -1,0 +1,332 @@
+// Versions over a store: publish trajectory-small, pull from every starting point, recover through
+// anchors from corrupted or missing deltas, refuse checkpoints that do not descend, and survive kill -9
+// of publish and pull (12 trials each; DWS_SOAK=1 runs 120).
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "dws/sync.h"
+#include "test_util.h"
+
+namespace dws {
+namespace {
+
+using test::TempDir;
+
+int kill_trials() { return std::getenv("DWS_SOAK") && std::string(std::getenv("DWS_SOAK")) == "1" ? 120 : 12; }
+
+std::string state_of(const std::string& path) {
+  auto cp = Checkpoint::open(path);
+  if (!cp.ok()) return "unopenable: " + cp.status().to_string();
+  return digest_hex(state_digest(cp->tensors(), tensor_digests(*cp, 1)));
+}
+
+class Sync : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!test::trajectory_available()) GTEST_SKIP() << "shared/data/trajectory-small not present";
+    auto s = open_store(dir_ / "store");
+    ASSERT_TRUE(s.ok());
+    store_ = std::move(*s);
+  }
+  // Publishes trajectory steps 0..last with an anchor every `anchor_every` versions.
+  void publish_steps(int last, uint64_t anchor_every) {
+    PublishOptions o;
+    o.anchor_every = anchor_every;
+    o.snapshot_path = dir_ / "snapshot.safetensors";
+    o.patch.threads = 2;
+    for (int s = 0; s <= last; ++s) {
+      auto r = publish(*store_, test::trajectory_step(s), o);
+      ASSERT_TRUE(r.ok()) << "step " << s << ": " << r.status().to_string();
+      ASSERT_EQ(r->version, static_cast<uint64_t>(s));
+      EXPECT_EQ(r->has_delta, s > 0);
+      EXPECT_EQ(r->has_anchor, s % anchor_every == 0);
+    }
+  }
+  // A local copy at version v (pulled from scratch).
+  std::string local_at(int v, const std::string& name) {
+    const std::string local = dir_ / name;
+    PullOptions po;
+    po.version = static_cast<uint64_t>(v);
+    auto r = pull(*store_, local, po);
+    EXPECT_TRUE(r.ok()) << r.status().to_string();
+    return local;
+  }
+  std::string object_key(uint64_t version, const std::string& role) {
+    auto m = read_manifest(*store_, version);
+    EXPECT_TRUE(m.ok());
+    for (const auto& f : m->files) {
+      if (f.role == role) return f.key;
+    }
+    return "";
+  }
+  TempDir dir_;
+  std::unique_ptr<Store> store_;
+};
+
+TEST_F(Sync, PullFromEveryStartingVersionEndsAtTheLast) {
+  publish_steps(8, 4);
+  auto versions = list_versions(*store_);
+  ASSERT_TRUE(versions.ok());
+  EXPECT_EQ(versions->size(), 9u);
+  for (int start = -1; start <= 7; ++start) {
+    SCOPED_TRACE("from " + (start < 0 ? std::string("nothing") : std::to_string(start)));
+    const std::string local = start < 0 ? dir_ / "fresh.safetensors" : local_at(start, "from" + std::to_string(start) + ".safetensors");
+    auto r = pull(*store_, local, {});
+    ASSERT_TRUE(r.ok()) << r.status().to_string();
+    EXPECT_EQ(r->version, 8u);
+    EXPECT_TRUE(test::same_tensors(local, test::trajectory_step(8)));
+    if (start < 0) {
+      EXPECT_TRUE(r->used_anchor);  // nothing local: the nearest anchor (version 8 itself)
+      EXPECT_FALSE(r->from_version.has_value());
+    } else {
+      EXPECT_FALSE(r->used_anchor);  // the deltas (≈42 KB each) are far cheaper than an 8 MB anchor
+      EXPECT_EQ(r->from_version, std::optional<uint64_t>(start));
+      EXPECT_EQ(r->applied.size(), static_cast<size_t>(8 - start));
+    }
+    EXPECT_EQ(local_version(local).value(), std::optional<uint64_t>(8));
+  }
+  auto report = verify_store(*store_, std::nullopt, /*full=*/true, 2);
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->ok()) << report->problems.front();
+}
+
+TEST_F(Sync, PullToAnOlderVersionRestoresFromAnAnchor) {
+  publish_steps(6, 4);
+  const std::string local = local_at(6, "l.safetensors");
+  PullOptions po;
+  po.version = 5;
+  auto r = pull(*store_, local, po);
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_TRUE(r->used_anchor);
+  EXPECT_EQ(r->applied, (std::vector<uint64_t>{5}));
+  EXPECT_TRUE(test::same_tensors(local, test::trajectory_step(5)));
+}
+
+TEST_F(Sync, ALocalCopyWithoutSidecarIsIdentifiedByItsDigest) {
+  publish_steps(3, 16);
+  const std::string local = dir_ / "copy.safetensors";
+  std::filesystem::copy_file(test::trajectory_step(1), local);
+  auto r = pull(*store_, local, {});
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_EQ(r->from_version, std::optional<uint64_t>(1));
+  EXPECT_FALSE(r->used_anchor);
+  EXPECT_TRUE(test::same_tensors(local, test::trajectory_step(3)));
+}
+
+TEST_F(Sync, CorruptedDeltaIsRefusedAndAnAnchorRecovers) {
+  publish_steps(8, 4);
+  const std::string local = local_at(4, "l.safetensors");
+  // Flip one byte in the middle of version 6's delta.
+  const std::string key = object_key(6, "delta");
+  auto bytes = store_->get(key, 1 << 30).value();
+  bytes[bytes.size() / 2] ^= std::byte{0x01};
+  ASSERT_TRUE(store_->put(key, bytes).ok());
+  auto r = pull(*store_, local, {});
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_TRUE(r->used_anchor);  // 4 -> 5 applied, 6 refused, then anchor 8
+  EXPECT_TRUE(test::same_tensors(local, test::trajectory_step(8)));
+  // verify names the bad object.
+  auto report = verify_store(*store_, std::nullopt, false, 1);
+  ASSERT_TRUE(report.ok());
+  ASSERT_EQ(report->problems.size(), 1u);
+  EXPECT_NE(report->problems[0].find(key), std::string::npos) << report->problems[0];
+}
+
+TEST_F(Sync, MissingDeltaWithNoAnchorPastItFailsPreciselyAndLeavesAValidVersion) {
+  publish_steps(3, 16);
+  const std::string local = local_at(1, "l.safetensors");
+  ASSERT_TRUE(store_->remove(object_key(2, "delta")).ok());
+  auto r = pull(*store_, local, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), ErrorCode::kNotFound) << r.status().to_string();
+  EXPECT_NE(r.status().message().find("version 2"), std::string::npos) << r.status().to_string();
+  // Nothing wrong was applied: still exactly version 1, and the sidecar says so.
+  EXPECT_TRUE(test::same_tensors(local, test::trajectory_step(1)));
+  EXPECT_EQ(local_version(local).value(), std::optional<uint64_t>(1));
+  // A fresh pull to version 1 still works from the anchor; to 3 it cannot.
+  EXPECT_FALSE(pull(*store_, dir_ / "fresh.safetensors", {}).ok());
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "fresh.safetensors"));
+}
+
+TEST_F(Sync, CorruptedAnchorIsRefused) {
+  publish_steps(1, 16);
+  const std::string key = object_key(0, "anchor");
+  auto bytes = store_->get(key, 1 << 30).value();
+  bytes[bytes.size() - 3] ^= std::byte{0x20};
+  ASSERT_TRUE(store_->put(key, bytes).ok());
+  auto r = pull(*store_, dir_ / "fresh.safetensors", {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), ErrorCode::kPayloadHash) << r.status().to_string();
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "fresh.safetensors"));
+}
+
+TEST_F(Sync, ACheckpointThatDoesNotDescendNeedsAnAnchor) {
+  publish_steps(1, 16);
+  // An unrelated model with the same tensors: every element differs.
+  std::mt19937_64 rng(91);
+  auto cp = Checkpoint::open(test::trajectory_step(1)).value();
+  std::vector<test::HostTensor> tensors;
+  for (const auto& t : cp.tensors()) tensors.push_back(test::random_tensor(rng, t.name, t.dtype, t.shape));
+  ASSERT_TRUE(test::write_tensors(dir_ / "other.safetensors", tensors).ok());
+  PublishOptions o;
+  o.snapshot_path = dir_ / "snapshot.safetensors";
+  auto r = publish(*store_, dir_ / "other.safetensors", o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), ErrorCode::kBaseMismatch) << r.status().to_string();
+  EXPECT_NE(r.status().message().find("--anchor"), std::string::npos);
+  EXPECT_EQ(list_versions(*store_)->size(), 2u);
+  EXPECT_EQ(store_->list("versions/00000000000000000002")->size(), 0u) << "no files of the refused version remain";
+  o.anchor = true;
+  r = publish(*store_, dir_ / "other.safetensors", o);
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_TRUE(r->has_anchor);
+  EXPECT_FALSE(r->has_delta);
+  const std::string local = local_at(1, "l.safetensors");
+  auto p = pull(*store_, local, {});
+  ASSERT_TRUE(p.ok()) << p.status().to_string();
+  EXPECT_TRUE(p->used_anchor);
+  EXPECT_TRUE(test::same_tensors(local, dir_ / "other.safetensors"));
+}
+
+TEST_F(Sync, TheSnapshotIsRebuiltFromTheStoreWhenLost) {
+  publish_steps(2, 16);
+  std::filesystem::remove(dir_ / "snapshot.safetensors");
+  std::filesystem::remove(dir_ / "snapshot.safetensors.dws-version");
+  PublishOptions o;
+  o.snapshot_path = dir_ / "snapshot.safetensors";
+  auto r = publish(*store_, test::trajectory_step(3), o);
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_TRUE(r->has_delta);  // a delta against the rebuilt version 2, not a new chain
+  EXPECT_EQ(r->changes, 16695u);
+  EXPECT_TRUE(test::same_tensors(dir_ / "snapshot.safetensors", test::trajectory_step(3)));
+}
+
+TEST_F(Sync, ShardedCheckpointsPublishAndPull) {
+  // Two versions of a sharded model.
+  std::mt19937_64 rng(92);
+  std::vector<test::HostTensor> v0, v1;
+  for (int i = 0; i < 5; ++i) v0.push_back(test::random_tensor(rng, "layer" + std::to_string(i), DType::kBF16, {3000}));
+  for (const auto& t : v0) v1.push_back(test::mutate(rng, t, 0.01));
+  test::write_sharded(dir_ / "m0", v0, 2);
+  test::write_sharded(dir_ / "m1", v1, 2);
+  PublishOptions o;
+  o.snapshot_path = dir_ / "snap";
+  ASSERT_TRUE(publish(*store_, dir_ / "m0", o).ok());
+  ASSERT_TRUE(publish(*store_, dir_ / "m1", o).ok());
+  const std::string local = dir_ / "local";
+  PullOptions po;
+  po.version = 0;
+  auto r = pull(*store_, local, po);
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_TRUE(std::filesystem::is_directory(local));
+  r = pull(*store_, local, {});
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_FALSE(r->used_anchor);
+  EXPECT_TRUE(test::same_tensors(local, dir_ / "m1"));
+}
+
+// kill -9 of `dws publish` at random moments: every committed version verifies, no partial version is
+// visible, and publishing again continues the chain.
+TEST_F(Sync, KilledPublishNeverLeavesAPartialVersion) {
+  std::mt19937_64 rng(93);
+  const std::string store = dir_ / "store";
+  const std::string snap = dir_ / "snapshot.safetensors";
+  auto run = [&](int step) {
+    return std::vector<std::string>{DWS_CLI_PATH, "-q", "publish", store, test::trajectory_step(step), "--snapshot", snap,
+                                     "--anchor-every", "3"};
+  };
+  ASSERT_EQ(test::run_cli({"-q", "publish", store, test::trajectory_step(0), "--snapshot", snap}).exit_code, 0);
+  int killed = 0;
+  for (int trial = 0; trial < kill_trials(); ++trial) {
+    const int step = 1 + trial % 8;
+    pid_t pid = test::spawn(run(step), dir_ / "log");
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 60000));
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    killed += WIFSIGNALED(status) ? 1 : 0;
+    auto report = verify_store(*store_, std::nullopt, false, 1);
+    ASSERT_TRUE(report.ok());
+    ASSERT_TRUE(report->ok()) << "trial " << trial << ": " << report->problems.front();
+    // Every object in the store belongs to a committed version or is an orphan of a killed publisher;
+    // orphans are never referenced by a manifest, so readers cannot see them.
+  }
+  // Publishing resumes from whatever state the snapshot was left in.
+  auto final_run = test::run_cli({"-q", "publish", store, test::trajectory_step(8), "--snapshot", snap});
+  ASSERT_EQ(final_run.exit_code, 0) << final_run.output;
+  auto report = verify_store(*store_, std::nullopt, true, 2);
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->ok()) << report->problems.front();
+  auto r = pull(*store_, dir_ / "check.safetensors", {});
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(test::same_tensors(dir_ / "check.safetensors", test::trajectory_step(8)));
+  std::printf("[ info ] publish: %d of %d runs killed mid-way\n", killed, kill_trials());
+}
+
+// kill -9 of `dws pull` at random moments: the local checkpoint is always at some committed version
+// (after the next pull's recovery), and the next pull completes.
+TEST_F(Sync, KilledPullLeavesTheLocalCopyAtAValidVersion) {
+  publish_steps(8, 4);
+  std::map<std::string, uint64_t> version_of_state;
+  for (uint64_t v = 0; v <= 8; ++v) version_of_state[read_manifest(*store_, v)->state_digest] = v;
+  std::mt19937_64 rng(94);
+  const std::string local = dir_ / "local.safetensors";
+  int killed = 0;
+  for (int trial = 0; trial < kill_trials(); ++trial) {
+    // Start from version 0 (chain) or from nothing (anchor restore), alternately.
+    std::filesystem::remove(local);
+    std::filesystem::remove(local + ".dws-version");
+    if (trial % 2 == 0) {
+      PullOptions po;
+      po.version = 0;
+      ASSERT_TRUE(pull(*store_, local, po).ok());
+    }
+    pid_t pid = test::spawn({DWS_CLI_PATH, "-q", "pull", dir_ / "store", local}, dir_ / "log");
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 40000));
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    killed += WIFSIGNALED(status) ? 1 : 0;
+    if (std::filesystem::exists(local)) {
+      if (std::filesystem::exists(journal_path_for(local))) ASSERT_TRUE(recover_checkpoint(local).ok());
+      const std::string s = state_of(local);
+      ASSERT_TRUE(version_of_state.count(s)) << "trial " << trial << ": local state " << s << " is no version";
+    }
+    auto r = pull(*store_, local, {});
+    ASSERT_TRUE(r.ok()) << r.status().to_string();
+    ASSERT_TRUE(test::same_tensors(local, test::trajectory_step(8))) << "trial " << trial;
+  }
+  std::printf("[ info ] pull: %d of %d runs killed mid-way\n", killed, kill_trials());
+}
+
+TEST(Manifest, RefusesHostileManifests) {
+  VersionManifest m;
+  m.version = 3;
+  m.base_version = 2;
+  m.base_state_digest = std::string(32, 'a');
+  m.state_digest = std::string(32, 'b');
+  m.files.push_back({"versions/00000000000000000003/t/delta.dwsp", "delta", "", 10, std::string(32, 'c')});
+  const std::string good = serialize_manifest(m);
+  ASSERT_TRUE(parse_manifest(good).ok()) << parse_manifest(good).status().to_string();
+  auto mutate = [&](const std::string& from, const std::string& to) {
+    std::string s = good;
+    const size_t at = s.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    s.replace(at, from.size(), to);
+    return parse_manifest(s).status();
+  };
+  EXPECT_EQ(mutate("versions/00000000000000000003/t/", "versions/00000000000000000001/t/").code(), ErrorCode::kPatchMetadata);
+  EXPECT_EQ(mutate("versions/00000000000000000003/t/", "../../etc/").code(), ErrorCode::kPatchMetadata);
+  EXPECT_EQ(mutate("\"delta\"", "\"payload\"").code(), ErrorCode::kPatchMetadata);
+  EXPECT_EQ(mutate("\"base_version\": 2", "\"base_version\": 1").code(), ErrorCode::kPatchMetadata);
+  EXPECT_EQ(mutate(std::string(32, 'b'), "zz").code(), ErrorCode::kPatchMetadata);
+  EXPECT_EQ(mutate("\"format_version\": 1", "\"format_version\": 2").code(), ErrorCode::kUnsupported);
+  EXPECT_EQ(mutate("\"has_anchor\": false", "\"has_anchor\": true").code(), ErrorCode::kPatchMetadata);
+  EXPECT_FALSE(parse_manifest("{\"format\": \"dws-version\", \"format\": \"x\"}").ok());
+  EXPECT_FALSE(parse_manifest("[]").ok());
+}
+
+}  // namespace
+}  // namespace dws

@@ -1,0 +1,219 @@
+#include "cmd_sync.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "cli_util.h"
+#include "dws/digest.h"
+#include "dws/sync.h"
+
+namespace dws::cli {
+
+namespace {
+
+using json = nlohmann::json;
+
+// The publisher's default snapshot: one per store, under $XDG_CACHE_HOME (or ~/.cache)/dws.
+std::string default_snapshot(const Store& store) {
+  std::string base;
+  if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) base = x;
+  else if (const char* h = std::getenv("HOME"); h && *h) base = std::string(h) + "/.cache";
+  else base = "/tmp";
+  const std::string id = store.describe();
+  const Digest128 d = digest_bytes(std::span(reinterpret_cast<const std::byte*>(id.data()), id.size()));
+  return base + "/dws/publisher-" + digest_hex(d).substr(0, 16);
+}
+
+std::string format_time(uint64_t unix_ms) {
+  const std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+int cmd_publish(const SyncCommands& c, size_t threads, bool quiet) {
+  auto store = open_store(c.store);
+  if (!store.ok()) return fail(store.status());
+  auto enc = encoding_from_name(c.encoding);
+  if (!enc || *enc == Encoding::kFull) {
+    return fail(make_error(ErrorCode::kInvalidArgument, "--encoding '" + c.encoding + "' is not one of auto, native, indices, gaps, gaps_zstd, xor_zstd"));
+  }
+  PublishOptions o;
+  o.anchor_every = c.anchor_every;
+  o.anchor = c.anchor;
+  o.max_delta_density = c.max_delta_density;
+  o.snapshot_path = c.snapshot.empty() ? default_snapshot(**store) : c.snapshot;
+  o.patch.encoding = *enc;
+  o.patch.threads = threads;
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(o.snapshot_path).parent_path(), ec);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = publish(**store, c.checkpoint, o);
+  if (!r.ok()) return fail(r.status());
+  if (!quiet) {
+    std::string what;
+    if (r->has_delta) {
+      char buf[160];
+      std::snprintf(buf, sizeof buf, "delta %s (%llu changes, %.2f bytes/change)", human_bytes(r->delta_bytes).c_str(),
+                    static_cast<unsigned long long>(r->changes),
+                    r->changes ? static_cast<double>(r->delta_bytes) / static_cast<double>(r->changes) : 0.0);
+      what = buf;
+    }
+    if (r->has_anchor) what += (what.empty() ? "" : " + ") + std::string("anchor ") + human_bytes(r->anchor_bytes);
+    std::printf("published version %llu to %s: %s; state %s (%.2fs)\n", static_cast<unsigned long long>(r->version),
+                (*store)->describe().c_str(), what.c_str(), r->state_digest.c_str(), seconds_since(t0));
+  }
+  return kExitOk;
+}
+
+int cmd_pull(const SyncCommands& c, size_t threads, bool quiet) {
+  auto store = open_store(c.store);
+  if (!store.ok()) return fail(store.status());
+  PullOptions o;
+  o.version = c.version;
+  o.threads = threads;
+  if (!quiet) {
+    o.on_version = [](uint64_t v, bool from_anchor) {
+      std::fprintf(stderr, "dws pull: %s version %llu\n", from_anchor ? "restored anchor of" : "applied",
+                   static_cast<unsigned long long>(v));
+    };
+  }
+  std::optional<uint64_t> last;
+  for (;;) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = pull(**store, c.checkpoint, o);
+    if (!r.ok()) {
+      // While following, an empty store is not an error yet: wait for the first version.
+      if (!(c.follow && r.status().code() == ErrorCode::kNotFound && !last)) return fail(r.status());
+    } else {
+      if (!quiet && (!last || *last != r->version)) {
+        std::printf("%s at version %llu (%s%zu deltas, %s downloaded); state %s (%.2fs)\n", c.checkpoint.c_str(),
+                    static_cast<unsigned long long>(r->version), r->used_anchor ? "from an anchor, " : "", r->applied.size(),
+                    human_bytes(r->bytes_downloaded).c_str(), r->state_digest.c_str(), seconds_since(t0));
+        std::fflush(stdout);
+      }
+      last = r->version;
+    }
+    if (!c.follow) return kExitOk;
+    std::this_thread::sleep_for(std::chrono::duration<double>(c.poll_seconds));
+  }
+}
+
+int cmd_log(const SyncCommands& c) {
+  auto store = open_store(c.store);
+  if (!store.ok()) return fail(store.status());
+  auto versions = list_versions(**store);
+  if (!versions.ok()) return fail(versions.status());
+  json rows = json::array();
+  for (uint64_t v : *versions) {
+    auto m = read_manifest(**store, v);
+    if (!m.ok()) {
+      rows.push_back({{"version", v}, {"error", m.status().to_string()}});
+      continue;
+    }
+    const double density = m->elements ? static_cast<double>(m->changes) / static_cast<double>(m->elements) : 0.0;
+    json row = {{"version", v},
+                {"kind", m->has_anchor ? (m->base_version ? "anchor+delta" : "anchor") : "delta"},
+                {"delta_bytes", m->bytes_of("delta")},
+                {"anchor_bytes", m->bytes_of("anchor")},
+                {"changes", m->changes},
+                {"density", density},
+                {"state_digest", m->state_digest},
+                {"created", format_time(m->created_unix_ms)}};
+    if (m->base_version) row["base_version"] = *m->base_version;
+    rows.push_back(row);
+  }
+  if (c.as_json) {
+    std::cout << json{{"store", (*store)->describe()}, {"versions", rows}}.dump(2) << "\n";
+    return kExitOk;
+  }
+  std::printf("%-8s %-13s %-6s %12s %12s %12s %9s  %-20s %s\n", "version", "kind", "base", "delta", "anchor", "changes",
+              "density", "created", "state");
+  for (const auto& r : rows) {
+    if (r.contains("error")) {
+      std::printf("%-8llu error: %s\n", static_cast<unsigned long long>(r["version"].get<uint64_t>()), r["error"].get<std::string>().c_str());
+      continue;
+    }
+    std::printf("%-8llu %-13s %-6s %12s %12s %12llu %8.4f%%  %-20s %s\n", static_cast<unsigned long long>(r["version"].get<uint64_t>()),
+                r["kind"].get<std::string>().c_str(),
+                r.contains("base_version") ? std::to_string(r["base_version"].get<uint64_t>()).c_str() : "-",
+                r["delta_bytes"].get<uint64_t>() ? human_bytes(r["delta_bytes"].get<uint64_t>()).c_str() : "-",
+                r["anchor_bytes"].get<uint64_t>() ? human_bytes(r["anchor_bytes"].get<uint64_t>()).c_str() : "-",
+                static_cast<unsigned long long>(r["changes"].get<uint64_t>()), 100.0 * r["density"].get<double>(),
+                r["created"].get<std::string>().c_str(), r["state_digest"].get<std::string>().c_str());
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+bool looks_like_store(const std::string& path) {
+  if (path.find("://") != std::string::npos) return true;
+  std::error_code ec;
+  return std::filesystem::is_directory(std::filesystem::path(path) / "versions", ec);
+}
+
+int verify_store_command(const std::string& uri, std::optional<uint64_t> version, bool full, size_t threads, bool quiet) {
+  auto store = open_store(uri);
+  if (!store.ok()) return fail(store.status());
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = verify_store(**store, version, full, threads);
+  if (!r.ok()) return fail(r.status());
+  for (const auto& p : r->problems) std::fprintf(stderr, "dws: problem: %s\n", p.c_str());
+  if (!r->ok()) {
+    std::fprintf(stderr, "dws: error: E_TARGET_MISMATCH: %zu problem(s) in %s\n", r->problems.size(), (*store)->describe().c_str());
+    return kExitMismatch;
+  }
+  if (!quiet) {
+    std::printf("ok: store %s: %zu version(s) checked (manifests, object sizes and hashes, chain%s) (%.2fs)\n",
+                (*store)->describe().c_str(), r->versions_checked.size(), full ? ", every version rebuilt and rescanned" : "",
+                seconds_since(t0));
+  }
+  return kExitOk;
+}
+
+void add_sync_commands(CLI::App& app, SyncCommands& c) {
+  c.publish = app.add_subcommand("publish", "Publish CHECKPOINT as the next version in STORE");
+  c.publish->add_option("STORE", c.store, "Store: a directory (local or shared filesystem)")->required();
+  c.publish->add_option("CHECKPOINT", c.checkpoint, "Checkpoint to publish (file or sharded directory)")->required();
+  c.publish->add_option("--anchor-every", c.anchor_every, "Versions 0, N, 2N, ... also carry a full anchor (0: only version 0)")
+      ->capture_default_str();
+  c.publish->add_flag("--anchor", c.anchor,
+                      "This version carries an anchor; a checkpoint that does not descend from the last version starts a new chain");
+  c.publish->add_option("--snapshot", c.snapshot,
+                        "Publisher's copy of the last published state, diffed against (default: ~/.cache/dws/publisher-<store id>)");
+  c.publish->add_option("--encoding", c.encoding, "Delta encoding (as dws diff)")->capture_default_str();
+  c.publish->add_option("--max-delta-density", c.max_delta_density,
+                        "Above this fraction of changed elements the checkpoint is taken as not descending (needs --anchor)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+
+  c.pull = app.add_subcommand("pull", "Bring LOCAL to a version of STORE (default: the latest)");
+  c.pull->add_option("STORE", c.store, "Store directory")->required();
+  c.pull->add_option("LOCAL", c.checkpoint, "Local checkpoint (created from an anchor if missing)")->required();
+  c.pull->add_option("--version", c.version, "Version to reach (default: the latest)");
+  c.pull->add_flag("--follow", c.follow, "Keep pulling new versions as they appear (Ctrl-C to stop)");
+  c.pull->add_option("--poll-interval", c.poll_seconds, "Seconds between store polls with --follow")->capture_default_str()
+      ->check(CLI::Range(0.001, 3600.0));
+
+  c.log = app.add_subcommand("log", "List the versions in STORE");
+  c.log->add_option("STORE", c.store, "Store directory")->required();
+  c.log->add_flag("--json", c.as_json, "Machine-readable output");
+}
+
+std::optional<int> run_sync_command(const SyncCommands& c, size_t threads, bool quiet) {
+  if (c.publish && *c.publish) return cmd_publish(c, threads, quiet);
+  if (c.pull && *c.pull) return cmd_pull(c, threads, quiet);
+  if (c.log && *c.log) return cmd_log(c);
+  return std::nullopt;
+}
+
+}  // namespace dws::cli

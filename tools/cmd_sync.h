@@ -1,0 +1,34 @@
+// cmd_sync.h — the store subcommands: publish, pull, log, and verify of a store.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace dws::cli {
+
+struct SyncCommands {
+  CLI::App* publish = nullptr;
+  CLI::App* pull = nullptr;
+  CLI::App* log = nullptr;
+  std::string store, checkpoint, snapshot, encoding = "auto";
+  uint64_t anchor_every = 16;
+  bool anchor = false;
+  double max_delta_density = 0.5;
+  std::optional<uint64_t> version;
+  bool follow = false;
+  double poll_seconds = 1.0;
+  bool as_json = false;
+};
+
+// Registers the subcommands; `threads` and `quiet` are the app's global options.
+void add_sync_commands(CLI::App& app, SyncCommands& c);
+// Runs the parsed subcommand, if one of these was given; nullopt otherwise.
+std::optional<int> run_sync_command(const SyncCommands& c, size_t threads, bool quiet);
+
+// Whether `path` names a store (a URI with a scheme, or a directory holding "versions/").
+bool looks_like_store(const std::string& path);
+int verify_store_command(const std::string& store, std::optional<uint64_t> version, bool full, size_t threads, bool quiet);
+
+}  // namespace dws::cli
