@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "dws/sync.h"
+#include "sync/keys.h"
 #include "test_util.h"
 
 namespace dws {
@@ -225,6 +226,73 @@ TEST_F(Sync, ShardedCheckpointsPublishAndPull) {
   ASSERT_TRUE(r.ok()) << r.status().to_string();
   EXPECT_FALSE(r->used_anchor);
   EXPECT_TRUE(test::same_tensors(local, dir_ / "m1"));
+}
+
+TEST_F(Sync, AFoldIsUsedByLaggardsWhenCheaper) {
+  publish_steps(8, 16);
+  CreatePatchOptions o;
+  o.threads = 2;
+  auto f = fold(*store_, 1, 7, dir_.path(), o);
+  ASSERT_TRUE(f.ok()) << f.status().to_string();
+  EXPECT_LT(f->bytes, f->chain_bytes);  // changes to the same elements collapse
+  EXPECT_EQ(fold(*store_, 1, 7, dir_.path(), o).status().code(), ErrorCode::kExists);
+  EXPECT_EQ(fold(*store_, 7, 7, dir_.path(), o).status().code(), ErrorCode::kInvalidArgument);
+  const std::string local = local_at(1, "l.safetensors");
+  auto r = pull(*store_, local, {});
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_TRUE(r->used_fold);
+  EXPECT_FALSE(r->used_anchor);
+  EXPECT_EQ(r->applied, (std::vector<uint64_t>{8}));  // the fold to 7, then the delta 7 -> 8
+  EXPECT_TRUE(test::same_tensors(local, test::trajectory_step(8)));
+  // A receiver at 2 cannot use it and takes the chain.
+  const std::string other = local_at(2, "o.safetensors");
+  r = pull(*store_, other, {});
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(r->used_fold);
+  EXPECT_TRUE(test::same_tensors(other, test::trajectory_step(8)));
+}
+
+TEST_F(Sync, GcKeepsWhatTheNewestVersionsAndPinsNeed) {
+  publish_steps(8, 3);  // anchors at 0, 3, 6
+  CreatePatchOptions o;
+  ASSERT_TRUE(fold(*store_, 1, 4, dir_.path(), o).ok());
+  GcOptions g;
+  g.keep_last = 2;  // 7, 8 need 6 (their anchor)
+  g.pinned = {4};   // 4 needs 3
+  g.dry_run = true;
+  auto dry = gc(*store_, g);
+  ASSERT_TRUE(dry.ok()) << dry.status().to_string();
+  EXPECT_EQ(dry->deleted_versions, (std::vector<uint64_t>{0, 1, 2, 5}));
+  EXPECT_EQ(list_versions(*store_)->size(), 9u) << "a dry run deletes nothing";
+  g.dry_run = false;
+  auto r = gc(*store_, g);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->kept_versions, (std::vector<uint64_t>{3, 4, 6, 7, 8}));
+  EXPECT_EQ(*list_versions(*store_), (std::vector<uint64_t>{3, 4, 6, 7, 8}));
+  EXPECT_TRUE(store_->list("versions/00000000000000000001/")->empty());
+  EXPECT_TRUE(store_->list("folds/")->empty()) << "the fold from retired version 1 is gone";
+  auto report = verify_store(*store_, std::nullopt, true, 2);
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->ok()) << report->problems.front();
+  for (int v : {3, 4, 8}) {
+    const std::string local = local_at(v, "v" + std::to_string(v) + ".safetensors");
+    EXPECT_TRUE(test::same_tensors(local, test::trajectory_step(v)));
+  }
+  EXPECT_EQ(gc(*store_, {8, {99}, false}).status().code(), ErrorCode::kNotFound);
+}
+
+TEST_F(Sync, GcRemovesOrphansOfDeadPublishers) {
+  publish_steps(2, 16);
+  const std::string orphan = version_prefix(1) + "deadbeefdeadbeef/delta.dwsp";
+  ASSERT_TRUE(store_->put(orphan, std::vector<std::byte>(10)).ok());
+  const std::string in_progress = version_prefix(3) + "0123456789abcdef/delta.dwsp";
+  ASSERT_TRUE(store_->put(in_progress, std::vector<std::byte>(10)).ok());
+  auto r = gc(*store_, {8, {}, false});
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->deleted_versions.empty());
+  EXPECT_EQ(r->deleted_objects, 1u);
+  EXPECT_FALSE(store_->stat(orphan)->has_value());
+  EXPECT_TRUE(store_->stat(in_progress)->has_value()) << "files above the newest version may be a publish in progress";
 }
 
 // kill -9 of `dws publish` at random moments: every committed version verifies, no partial version is

@@ -153,6 +153,40 @@ int cmd_log(const SyncCommands& c) {
   return kExitOk;
 }
 
+int cmd_fold(const SyncCommands& c, size_t threads, bool quiet) {
+  auto store = open_store(c.store);
+  if (!store.ok()) return fail(store.status());
+  CreatePatchOptions o;
+  o.threads = threads;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = fold(**store, c.fold_from, c.fold_to, std::filesystem::temp_directory_path().string(), o);
+  if (!r.ok()) return fail(r.status());
+  if (!quiet) {
+    std::printf("folded %llu -> %llu: %s, %llu changes (the deltas it replaces: %s) (%.2fs)\n",
+                static_cast<unsigned long long>(r->from_version), static_cast<unsigned long long>(r->to_version),
+                human_bytes(r->bytes).c_str(), static_cast<unsigned long long>(r->changes), human_bytes(r->chain_bytes).c_str(),
+                seconds_since(t0));
+  }
+  return kExitOk;
+}
+
+int cmd_gc(const SyncCommands& c, bool quiet) {
+  auto store = open_store(c.store);
+  if (!store.ok()) return fail(store.status());
+  GcOptions o;
+  o.keep_last = c.keep_last;
+  o.pinned = c.pins;
+  o.dry_run = c.dry_run;
+  auto r = gc(**store, o);
+  if (!r.ok()) return fail(r.status());
+  if (!quiet) {
+    std::printf("%s %zu version(s), %llu object(s), %s; %zu version(s) kept\n", c.dry_run ? "would delete" : "deleted",
+                r->deleted_versions.size(), static_cast<unsigned long long>(r->deleted_objects),
+                human_bytes(r->deleted_bytes).c_str(), r->kept_versions.size());
+  }
+  return kExitOk;
+}
+
 }  // namespace
 
 bool looks_like_store(const std::string& path) {
@@ -204,6 +238,19 @@ void add_sync_commands(CLI::App& app, SyncCommands& c) {
   c.pull->add_option("--poll-interval", c.poll_seconds, "Seconds between store polls with --follow")->capture_default_str()
       ->check(CLI::Range(0.001, 3600.0));
 
+  c.fold = app.add_subcommand("fold", "Write one patch FROM -> TO for receivers that lag (pull uses it when cheaper)");
+  c.fold->add_option("STORE", c.store, "Store directory")->required();
+  c.fold->add_option("--from", c.fold_from, "Version the fold starts at")->required();
+  c.fold->add_option("--to", c.fold_to, "Version the fold ends at")->required();
+
+  c.gc = app.add_subcommand("gc", "Retire versions no kept version needs");
+  c.gc->add_option("STORE", c.store, "Store directory")->required();
+  c.gc->add_option("--keep-last", c.keep_last, "The newest N versions stay pullable (with the chain back to their anchor)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  c.gc->add_option("--pin", c.pins, "A version that stays pullable too (repeatable)");
+  c.gc->add_flag("--dry-run", c.dry_run, "Say what would be deleted, delete nothing");
+
   c.log = app.add_subcommand("log", "List the versions in STORE");
   c.log->add_option("STORE", c.store, "Store directory")->required();
   c.log->add_flag("--json", c.as_json, "Machine-readable output");
@@ -213,6 +260,8 @@ std::optional<int> run_sync_command(const SyncCommands& c, size_t threads, bool 
   if (c.publish && *c.publish) return cmd_publish(c, threads, quiet);
   if (c.pull && *c.pull) return cmd_pull(c, threads, quiet);
   if (c.log && *c.log) return cmd_log(c);
+  if (c.fold && *c.fold) return cmd_fold(c, threads, quiet);
+  if (c.gc && *c.gc) return cmd_gc(c, quiet);
   return std::nullopt;
 }
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace dws::cli {
 
@@ -12,6 +13,12 @@ struct SyncCommands {
   CLI::App* publish = nullptr;
   CLI::App* pull = nullptr;
   CLI::App* log = nullptr;
+  CLI::App* fold = nullptr;
+  CLI::App* gc = nullptr;
+  uint64_t fold_from = 0, fold_to = 0;
+  uint64_t keep_last = 8;
+  std::vector<uint64_t> pins;
+  bool dry_run = false;
   std::string store, checkpoint, snapshot, encoding = "auto";
   uint64_t anchor_every = 16;
   bool anchor = false;

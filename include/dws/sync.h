@@ -92,6 +92,7 @@ struct PullResult {
   std::optional<uint64_t> from_version;  // the local version before the pull (nullopt: none/unknown)
   uint64_t version = 0;                  // the local version now
   bool used_anchor = false;
+  bool used_fold = false;
   std::vector<uint64_t> applied;         // versions applied as deltas
   uint64_t bytes_downloaded = 0;
   std::string state_digest;
@@ -102,6 +103,32 @@ Result<PullResult> pull(Store& store, const std::string& local_path, const PullO
 
 // The local checkpoint's version according to its sidecar (nullopt when there is none).
 Result<std::optional<uint64_t>> local_version(const std::string& local_path);
+
+// A folded patch A→B for receivers that lag: one patch with every element that differs between the two
+// versions (changes undone on the way are not shipped). Stored under "folds/<A>-<B>/", committed by its
+// manifest; pull takes it when it is cheaper than the chain.
+struct FoldResult {
+  uint64_t from_version = 0, to_version = 0;
+  uint64_t bytes = 0, changes = 0;
+  uint64_t chain_bytes = 0;  // the deltas A+1..B it replaces
+};
+Result<FoldResult> fold(Store& store, uint64_t from_version, uint64_t to_version, const std::string& scratch_dir,
+                        const CreatePatchOptions& options);
+
+struct GcOptions {
+  uint64_t keep_last = 8;           // the newest N versions stay pullable
+  std::vector<uint64_t> pinned;     // these stay pullable too
+  bool dry_run = false;
+};
+struct GcResult {
+  std::vector<uint64_t> deleted_versions;
+  std::vector<uint64_t> kept_versions;
+  uint64_t deleted_objects = 0, deleted_bytes = 0;
+};
+// Retires versions and folds no kept version needs: a kept version needs every version back to the
+// newest anchor at or before it. Each retired version disappears atomically (its manifest goes first);
+// orphaned files of publishers that died before committing are removed too.
+Result<GcResult> gc(Store& store, const GcOptions& options);
 
 struct VerifyReport {
   std::vector<uint64_t> versions_checked;

@@ -23,3 +23,22 @@ std::string manifest_key(uint64_t version);
 std::optional<uint64_t> version_of_manifest_key(std::string_view key);
 
 }  // namespace dws
+
+namespace dws {
+
+// Folds: "folds/<A, 20 digits>-<B, 20 digits>/manifest.json" commits "folds/<A>-<B>/<token>/fold.dwsp".
+std::string fold_prefix(uint64_t from_version, uint64_t to_version);
+std::string fold_manifest_key(uint64_t from_version, uint64_t to_version);
+
+struct FoldManifest {
+  uint64_t from_version = 0, to_version = 0;
+  std::string base_state_digest, state_digest;
+  uint64_t changes = 0;
+  VersionFile file;  // role "fold"
+};
+std::string serialize_fold_manifest(const FoldManifest& m);
+Result<FoldManifest> parse_fold_manifest(std::string_view json_text);
+// Every committed fold (unreadable manifests are skipped).
+Result<std::vector<FoldManifest>> list_folds(Store& store);
+
+}  // namespace dws

@@ -184,3 +184,65 @@ Result<VersionManifest> read_manifest(Store& store, uint64_t version) {
 }
 
 }  // namespace dws
+
+namespace dws {
+
+std::string fold_prefix(uint64_t from_version, uint64_t to_version) {
+  char buf[80];
+  std::snprintf(buf, sizeof buf, "folds/%020" PRIu64 "-%020" PRIu64 "/", from_version, to_version);
+  return buf;
+}
+
+std::string fold_manifest_key(uint64_t from_version, uint64_t to_version) {
+  return fold_prefix(from_version, to_version) + "manifest.json";
+}
+
+std::string serialize_fold_manifest(const FoldManifest& m) {
+  nlohmann::json doc = {{"format", "dws-fold"},
+                        {"format_version", 1},
+                        {"from_version", m.from_version},
+                        {"to_version", m.to_version},
+                        {"base_state_digest", m.base_state_digest},
+                        {"state_digest", m.state_digest},
+                        {"changes", m.changes},
+                        {"file", {{"key", m.file.key}, {"size_bytes", m.file.size_bytes}, {"xxh3", m.file.xxh3}}}};
+  return doc.dump(1) + "\n";
+}
+
+Result<FoldManifest> parse_fold_manifest(std::string_view text) {
+  DWS_ASSIGN_OR_RETURN(nlohmann::json doc, parse_json_strict(text, "fold manifest"));
+  FoldManifest m;
+  try {
+    if (!doc.is_object() || doc.at("format") != "dws-fold") return bad("not a fold manifest");
+    if (doc.at("format_version") != 1) return make_error(ErrorCode::kUnsupported, "fold manifest: unknown format_version");
+    m.from_version = doc.at("from_version").get<uint64_t>();
+    m.to_version = doc.at("to_version").get<uint64_t>();
+    m.base_state_digest = doc.at("base_state_digest").get<std::string>();
+    m.state_digest = doc.at("state_digest").get<std::string>();
+    m.changes = doc.at("changes").get<uint64_t>();
+    const auto& f = doc.at("file");
+    m.file = {f.at("key").get<std::string>(), "fold", "", f.at("size_bytes").get<uint64_t>(), f.at("xxh3").get<std::string>()};
+  } catch (const nlohmann::json::exception& e) {
+    return bad(std::string("fold manifest: ") + e.what());
+  }
+  if (m.from_version >= m.to_version) return bad("fold from " + std::to_string(m.from_version) + " to " + std::to_string(m.to_version));
+  if (!is_hex32(m.base_state_digest) || !is_hex32(m.state_digest) || !is_hex32(m.file.xxh3)) return bad("fold digests are not hex");
+  if (Status st = check_store_key(m.file.key); !st.ok()) return bad(st.message());
+  if (m.file.key.rfind(fold_prefix(m.from_version, m.to_version), 0) != 0) return bad("fold file outside its prefix");
+  return m;
+}
+
+Result<std::vector<FoldManifest>> list_folds(Store& store) {
+  DWS_ASSIGN_OR_RETURN(std::vector<ObjectInfo> objects, store.list("folds/"));
+  std::vector<FoldManifest> out;
+  for (const auto& o : objects) {
+    if (o.key.size() < 14 || o.key.compare(o.key.size() - 14, 14, "/manifest.json") != 0) continue;
+    auto bytes = store.get(o.key, kMaxManifestBytes);
+    if (!bytes.ok()) continue;
+    auto m = parse_fold_manifest(std::string_view(reinterpret_cast<const char*>(bytes->data()), bytes->size()));
+    if (m.ok() && fold_manifest_key(m->from_version, m->to_version) == o.key) out.push_back(std::move(*m));
+  }
+  return out;
+}
+
+}  // namespace dws

@@ -16,43 +16,11 @@
 #include "dws/digest.h"
 #include "format/json_strict.h"
 #include "sync/keys.h"
+#include "sync/sync_util.h"
 
 namespace dws {
 
-namespace {
-
-namespace fs = std::filesystem;
-using json = nlohmann::json;
-
-constexpr uint64_t kMaxSidecarBytes = 1 << 20;
-
-std::string sidecar_path(const std::string& local_path) {
-  std::string p = local_path;
-  while (p.size() > 1 && p.back() == '/') p.pop_back();
-  return p + ".dws-version";
-}
-
-struct LocalState {
-  uint64_t version = 0;
-  std::string state_digest;
-};
-
-Result<std::optional<LocalState>> read_sidecar(const std::string& local_path) {
-  const std::string path = sidecar_path(local_path);
-  if (!io::path_exists(path)) return std::optional<LocalState>();
-  DWS_ASSIGN_OR_RETURN(std::string text, io::read_file(path, kMaxSidecarBytes));
-  auto doc = parse_json_strict(text, path);
-  if (!doc.ok() || !doc->is_object() || !doc->contains("version") || !(*doc)["version"].is_number_unsigned() ||
-      !doc->contains("state_digest") || !(*doc)["state_digest"].is_string()) {
-    return std::optional<LocalState>();  // unreadable: treated as unknown, the pull identifies the state
-  }
-  return std::optional<LocalState>(LocalState{(*doc)["version"].get<uint64_t>(), (*doc)["state_digest"].get<std::string>()});
-}
-
-Status write_sidecar(const std::string& local_path, const Store& store, uint64_t version, const std::string& digest) {
-  json doc = {{"format", "dws-local"}, {"store", store.describe()}, {"version", version}, {"state_digest", digest}};
-  return io::write_file_atomic(sidecar_path(local_path), doc.dump() + "\n");
-}
+namespace sync_util {
 
 std::string random_token() {
   std::random_device rd;
@@ -76,6 +44,54 @@ Result<std::string> checkpoint_state_digest(const Checkpoint& cp, size_t threads
   return digest_hex(state_digest(cp.tensors(), tensor_digests(cp, threads)));
 }
 
+void remove_quietly(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::remove_all(path, ec);
+}
+
+std::string sidecar_path(const std::string& local_path) {
+  std::string p = local_path;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  return p + ".dws-version";
+}
+
+}  // namespace sync_util
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using namespace sync_util;
+
+constexpr uint64_t kMaxSidecarBytes = 1 << 20;
+
+
+struct LocalState {
+  uint64_t version = 0;
+  std::string state_digest;
+};
+
+Result<std::optional<LocalState>> read_sidecar(const std::string& local_path) {
+  const std::string path = sidecar_path(local_path);
+  if (!io::path_exists(path)) return std::optional<LocalState>();
+  DWS_ASSIGN_OR_RETURN(std::string text, io::read_file(path, kMaxSidecarBytes));
+  auto doc = parse_json_strict(text, path);
+  if (!doc.ok() || !doc->is_object() || !doc->contains("version") || !(*doc)["version"].is_number_unsigned() ||
+      !doc->contains("state_digest") || !(*doc)["state_digest"].is_string()) {
+    return std::optional<LocalState>();  // unreadable: treated as unknown, the pull identifies the state
+  }
+  return std::optional<LocalState>(LocalState{(*doc)["version"].get<uint64_t>(), (*doc)["state_digest"].get<std::string>()});
+}
+
+Status write_sidecar(const std::string& local_path, const Store& store, uint64_t version, const std::string& digest) {
+  json doc = {{"format", "dws-local"}, {"store", store.describe()}, {"version", version}, {"state_digest", digest}};
+  return io::write_file_atomic(sidecar_path(local_path), doc.dump() + "\n");
+}
+
+
+
+
+
 // The files that make up a checkpoint on disk: {name inside, local path}.
 std::vector<std::pair<std::string, std::string>> checkpoint_files(const Checkpoint& cp) {
   std::vector<std::pair<std::string, std::string>> out;
@@ -88,10 +104,6 @@ std::vector<std::pair<std::string, std::string>> checkpoint_files(const Checkpoi
   return out;
 }
 
-void remove_quietly(const std::string& path) {
-  std::error_code ec;
-  fs::remove_all(path, ec);
-}
 
 // Moves a complete checkpoint at `from` (file or directory) to `to`, replacing what is there atomically.
 Status replace_checkpoint(const std::string& from, const std::string& to) {
@@ -166,8 +178,35 @@ class Puller {
       auto c = chain_cost(*anchor, target);
       if (c) anchor_bytes = manifests_.at(*anchor).bytes_of("anchor") + *c;
     }
+    // A folded patch from the local version, then the chain from its end.
+    std::optional<FoldManifest> fold;
+    std::optional<uint64_t> fold_bytes;
+    if (local_v && *local_v < target) {
+      auto folds = list_folds(store_);
+      if (folds.ok()) {
+        for (auto& f : *folds) {
+          if (f.from_version != *local_v || f.to_version > target) continue;
+          auto rest = chain_cost(f.to_version, target);
+          if (rest && (!fold_bytes || f.file.size_bytes + *rest < *fold_bytes)) {
+            fold_bytes = f.file.size_bytes + *rest;
+            fold = f;
+          }
+        }
+      }
+    }
+    auto cheaper = [](std::optional<uint64_t> a, std::optional<uint64_t> b) { return a && (!b || *a <= *b); };
     Status chain_status = Status::Ok();
-    if (chain_bytes && (!anchor_bytes || *chain_bytes <= *anchor_bytes)) {
+    if (fold && cheaper(fold_bytes, chain_bytes) && cheaper(fold_bytes, anchor_bytes)) {
+      chain_status = apply_object(local_, fold->file, fold->base_state_digest, fold->state_digest,
+                                  "fold " + std::to_string(fold->from_version) + "->" + std::to_string(fold->to_version));
+      if (chain_status.ok()) {
+        result_.used_fold = true;
+        chain_status = write_sidecar(local_, store_, fold->to_version, fold->state_digest);
+        if (options_.on_version) options_.on_version(fold->to_version, false);
+      }
+      if (chain_status.ok()) chain_status = apply_chain(local_, fold->to_version, target, /*update_sidecar=*/true);
+      if (chain_status.ok()) return finish(target);
+    } else if (cheaper(chain_bytes, anchor_bytes)) {
       chain_status = apply_chain(local_, *local_v, target, /*update_sidecar=*/true);
       if (chain_status.ok()) return finish(target);
       // Fall through to the anchor, which does not depend on the local state.
@@ -250,6 +289,30 @@ class Puller {
     return bytes;
   }
 
+  // Downloads one patch object, checks it against the digests its manifest promises, and applies it
+  // to the checkpoint at `path` in place (crash-safe).
+  Status apply_object(const std::string& path, const VersionFile& file, const std::string& base_digest,
+                      const std::string& target_digest, const std::string& what) {
+    const std::string tmp = scratch_path(local_, "patch");
+    Status st = download_verified(store_, file, tmp);
+    if (st.ok()) {
+      auto patch = Patch::open(tmp);
+      if (!patch.ok()) {
+        st = patch.status();
+      } else if (digest_hex(patch->header().target_state_digest) != target_digest ||
+                 digest_hex(patch->header().base_state_digest) != base_digest) {
+        st = make_error(ErrorCode::kPatchMetadata, "the patch's state digests disagree with its manifest");
+      } else {
+        auto applied = apply_patch_in_place(path, *patch, {options_.threads, false});
+        st = applied.ok() ? Status::Ok() : applied.status();
+      }
+    }
+    remove_quietly(tmp);
+    if (!st.ok()) return st.with_context("pull: " + what);
+    result_.bytes_downloaded += file.size_bytes;
+    return Status::Ok();
+  }
+
   // Applies deltas from+1..to to the checkpoint at `path` in place, one crash-safe apply each.
   Status apply_chain(const std::string& path, uint64_t from, uint64_t to, bool update_sidecar) {
     for (uint64_t v = from + 1; v <= to; ++v) {
@@ -259,23 +322,7 @@ class Puller {
         if (f.role == "delta") delta = &f;
       }
       if (!delta) return make_error(ErrorCode::kNotFound, "pull: version " + std::to_string(v) + " has no delta");
-      const std::string tmp = scratch_path(local_, "delta");
-      Status st = download_verified(store_, *delta, tmp);
-      if (st.ok()) {
-        auto patch = Patch::open(tmp);
-        if (!patch.ok()) {
-          st = patch.status();
-        } else if (digest_hex(patch->header().target_state_digest) != m->state_digest ||
-                   digest_hex(patch->header().base_state_digest) != m->base_state_digest) {
-          st = make_error(ErrorCode::kPatchMetadata, "the patch's state digests disagree with its manifest");
-        } else {
-          auto applied = apply_patch_in_place(path, *patch, {options_.threads, false});
-          st = applied.ok() ? Status::Ok() : applied.status();
-        }
-      }
-      remove_quietly(tmp);
-      if (!st.ok()) return st.with_context("pull: version " + std::to_string(v));
-      result_.bytes_downloaded += delta->size_bytes;
+      DWS_RETURN_IF_ERROR(apply_object(path, *delta, m->base_state_digest, m->state_digest, "version " + std::to_string(v)));
       result_.applied.push_back(v);
       if (update_sidecar) DWS_RETURN_IF_ERROR(write_sidecar(path, store_, v, m->state_digest));
       if (options_.on_version) options_.on_version(v, false);
@@ -465,7 +512,9 @@ Result<VerifyReport> verify_store(Store& store, std::optional<uint64_t> version,
     }
     if (m->base_version) {
       auto prev = read_manifest(store, *m->base_version);
-      if (!prev.ok()) {
+      if (!prev.ok() && prev.status().code() == ErrorCode::kNotFound && m->has_anchor) {
+        // The base was retired (gc); the version starts its chain from its own anchor.
+      } else if (!prev.ok()) {
         report.problems.push_back("version " + std::to_string(v) + ": its base version " + std::to_string(*m->base_version) +
                                   " is missing (" + prev.status().to_string() + ")");
       } else if (prev->state_digest != m->base_state_digest) {
