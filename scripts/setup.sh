@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(g++ cmake make pkg-config zstd libzstd-dev libxxhash-dev libcli11-dev nlohmann-json3-dev libgtest-dev
+PACKAGES=(g++ cmake make pkg-config zstd libzstd-dev libxxhash-dev libcpp-httplib-dev libcli11-dev nlohmann-json3-dev libgtest-dev
           libbenchmark-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -6,11 +6,13 @@
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
 
 #include "cli_util.h"
 #include "dws/digest.h"
+#include "dws/notify.h"
 #include "dws/sync.h"
 
 namespace dws::cli {
@@ -39,6 +41,22 @@ std::string format_time(uint64_t unix_ms) {
   return buf;
 }
 
+// The shared notification token: --notify-token-file, else $DWS_NOTIFY_TOKEN, else none.
+Result<std::string> notify_token(const SyncCommands& c) {
+  if (!c.token_file.empty()) {
+    std::ifstream in(c.token_file);
+    std::string token;
+    if (!in || !std::getline(in, token)) {
+      return make_error(ErrorCode::kNotFound, "cannot read a token from --notify-token-file " + c.token_file);
+    }
+    while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
+    if (token.empty()) return make_error(ErrorCode::kInvalidArgument, "--notify-token-file " + c.token_file + " is empty");
+    return token;
+  }
+  const char* env = std::getenv("DWS_NOTIFY_TOKEN");
+  return std::string(env ? env : "");
+}
+
 int cmd_publish(const SyncCommands& c, size_t threads, bool quiet) {
   auto store = open_store(c.store);
   if (!store.ok()) return fail(store.status());
@@ -53,6 +71,10 @@ int cmd_publish(const SyncCommands& c, size_t threads, bool quiet) {
   o.snapshot_path = c.snapshot.empty() ? default_snapshot(**store) : c.snapshot;
   o.patch.encoding = *enc;
   o.patch.threads = threads;
+  o.notify_urls = c.notify_urls;
+  auto token = notify_token(c);
+  if (!token.ok()) return fail(token.status());
+  o.notify_token = *token;
   std::error_code ec;
   std::filesystem::create_directories(std::filesystem::path(o.snapshot_path).parent_path(), ec);
   const auto t0 = std::chrono::steady_clock::now();
@@ -71,40 +93,51 @@ int cmd_publish(const SyncCommands& c, size_t threads, bool quiet) {
     std::printf("published version %llu to %s: %s; state %s (%.2fs)\n", static_cast<unsigned long long>(r->version),
                 (*store)->describe().c_str(), what.c_str(), r->state_digest.c_str(), seconds_since(t0));
   }
+  for (const auto& f : r->notify_failures) std::fprintf(stderr, "dws: warning: notify %s (receivers will find the version by polling)\n", f.c_str());
   return kExitOk;
+}
+
+void print_pull(const std::string& local, const PullResult& r, double seconds) {
+  std::printf("%s at version %llu (%s%zu deltas, %s downloaded); state %s (%.2fs)\n", local.c_str(),
+              static_cast<unsigned long long>(r.version), r.used_anchor ? "from an anchor, " : (r.used_fold ? "through a fold, " : ""),
+              r.applied.size(), human_bytes(r.bytes_downloaded).c_str(), r.state_digest.c_str(), seconds);
+  std::fflush(stdout);
 }
 
 int cmd_pull(const SyncCommands& c, size_t threads, bool quiet) {
   auto store = open_store(c.store);
   if (!store.ok()) return fail(store.status());
-  PullOptions o;
-  o.version = c.version;
-  o.threads = threads;
-  if (!quiet) {
-    o.on_version = [](uint64_t v, bool from_anchor) {
-      std::fprintf(stderr, "dws pull: %s version %llu\n", from_anchor ? "restored anchor of" : "applied",
-                   static_cast<unsigned long long>(v));
-    };
-  }
-  std::optional<uint64_t> last;
-  for (;;) {
+  if (!c.follow) {
+    if (!c.listen.empty()) return fail(make_error(ErrorCode::kInvalidArgument, "--listen needs --follow"));
+    PullOptions o;
+    o.version = c.version;
+    o.threads = threads;
     const auto t0 = std::chrono::steady_clock::now();
     auto r = pull(**store, c.checkpoint, o);
-    if (!r.ok()) {
-      // While following, an empty store is not an error yet: wait for the first version.
-      if (!(c.follow && r.status().code() == ErrorCode::kNotFound && !last)) return fail(r.status());
-    } else {
-      if (!quiet && (!last || *last != r->version)) {
-        std::printf("%s at version %llu (%s%zu deltas, %s downloaded); state %s (%.2fs)\n", c.checkpoint.c_str(),
-                    static_cast<unsigned long long>(r->version), r->used_anchor ? "from an anchor, " : "", r->applied.size(),
-                    human_bytes(r->bytes_downloaded).c_str(), r->state_digest.c_str(), seconds_since(t0));
-        std::fflush(stdout);
-      }
-      last = r->version;
-    }
-    if (!c.follow) return kExitOk;
-    std::this_thread::sleep_for(std::chrono::duration<double>(c.poll_seconds));
+    if (!r.ok()) return fail(r.status());
+    if (!quiet) print_pull(c.checkpoint, *r, seconds_since(t0));
+    return kExitOk;
   }
+  if (c.version) return fail(make_error(ErrorCode::kInvalidArgument, "--follow pulls the latest version; drop --version"));
+  std::unique_ptr<NotifyListener> listener;
+  if (!c.listen.empty()) {
+    auto token = notify_token(c);
+    if (!token.ok()) return fail(token.status());
+    auto l = NotifyListener::start(c.listen, *token);
+    if (!l.ok()) return fail(l.status());
+    listener = std::move(*l);
+    if (!quiet) std::fprintf(stderr, "dws pull: listening for notifications on port %u\n", listener->port());
+  }
+  FollowOptions o;
+  o.poll_seconds = c.poll_seconds;
+  o.listener = listener.get();
+  o.threads = threads;
+  auto t0 = std::chrono::steady_clock::now();
+  o.on_pull = [&](const PullResult& r) {
+    if (!quiet) print_pull(c.checkpoint, r, seconds_since(t0));
+    t0 = std::chrono::steady_clock::now();
+  };
+  return fail(follow(**store, c.checkpoint, o));
 }
 
 int cmd_log(const SyncCommands& c) {
@@ -225,6 +258,8 @@ void add_sync_commands(CLI::App& app, SyncCommands& c) {
   c.publish->add_option("--snapshot", c.snapshot,
                         "Publisher's copy of the last published state, diffed against (default: ~/.cache/dws/publisher-<store id>)");
   c.publish->add_option("--encoding", c.encoding, "Delta encoding (as dws diff)")->capture_default_str();
+  c.publish->add_option("--notify", c.notify_urls, "Receiver URL to poke after the commit, e.g. http://host:8765 (repeatable)");
+  c.publish->add_option("--notify-token-file", c.token_file, "File holding the shared notification token (else $DWS_NOTIFY_TOKEN)");
   c.publish->add_option("--max-delta-density", c.max_delta_density,
                         "Above this fraction of changed elements the checkpoint is taken as not descending (needs --anchor)")
       ->capture_default_str()
@@ -237,6 +272,9 @@ void add_sync_commands(CLI::App& app, SyncCommands& c) {
   c.pull->add_flag("--follow", c.follow, "Keep pulling new versions as they appear (Ctrl-C to stop)");
   c.pull->add_option("--poll-interval", c.poll_seconds, "Seconds between store polls with --follow")->capture_default_str()
       ->check(CLI::Range(0.001, 3600.0));
+  c.pull->add_option("--listen", c.listen,
+                     "With --follow: HOST:PORT for publisher pokes (POST /v1/notify); loopback unless a token is set");
+  c.pull->add_option("--notify-token-file", c.token_file, "File holding the shared notification token (else $DWS_NOTIFY_TOKEN)");
 
   c.fold = app.add_subcommand("fold", "Write one patch FROM -> TO for receivers that lag (pull uses it when cheaper)");
   c.fold->add_option("STORE", c.store, "Store directory")->required();

@@ -27,6 +27,9 @@ struct SyncCommands {
   bool follow = false;
   double poll_seconds = 1.0;
   bool as_json = false;
+  std::string listen;                    // pull --follow: notification endpoint
+  std::vector<std::string> notify_urls;  // publish: receivers to poke
+  std::string token_file;                // shared notification token (else DWS_NOTIFY_TOKEN)
 };
 
 // Registers the subcommands; `threads` and `quiet` are the app's global options.

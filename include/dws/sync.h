@@ -67,6 +67,10 @@ struct PublishOptions {
   // checkpoint that does not descend from the last version: E_BASE_MISMATCH unless `anchor`.
   double max_delta_density = 0.5;
   CreatePatchOptions patch;     // encoding, threads
+  // Receivers to poke right after the commit (dws/notify.h); failures are reported, not fatal.
+  std::vector<std::string> notify_urls;
+  std::string notify_token;
+  double notify_timeout_seconds = 2.0;
 };
 
 struct PublishResult {
@@ -75,6 +79,7 @@ struct PublishResult {
   uint64_t delta_bytes = 0, anchor_bytes = 0;
   uint64_t changes = 0, elements = 0;
   std::string state_digest;
+  std::vector<std::string> notify_failures;
 };
 
 // Publishes checkpoint_path as the store's next version. E_EXISTS when another publisher committed
@@ -100,6 +105,20 @@ struct PullResult {
 
 // Brings local_path (a checkpoint, or a path that does not exist yet) to the requested version.
 Result<PullResult> pull(Store& store, const std::string& local_path, const PullOptions& options);
+
+class NotifyListener;
+
+struct FollowOptions {
+  double poll_seconds = 1.0;                // store polls when no poke arrives
+  NotifyListener* listener = nullptr;       // optional: pokes wake the loop at once
+  std::function<bool()> keep_going;         // checked before every pull; empty: forever
+  std::function<void(const PullResult&)> on_pull;  // after each pull that reached a new version
+  size_t threads = 0;
+};
+
+// Keeps local_path at the store's latest version: pull, then wait for a poke or the poll interval.
+// Returns when keep_going says so (Ok) or on the first failed pull other than an empty store.
+Status follow(Store& store, const std::string& local_path, const FollowOptions& options);
 
 // The local checkpoint's version according to its sidecar (nullopt when there is none).
 Result<std::optional<uint64_t>> local_version(const std::string& local_path);

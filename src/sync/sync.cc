@@ -10,10 +10,12 @@
 #include <map>
 #include <filesystem>
 #include <random>
+#include <thread>
 
 #include "core/file_io.h"
 #include "dws/checkpoint.h"
 #include "dws/digest.h"
+#include "dws/notify.h"
 #include "format/json_strict.h"
 #include "sync/keys.h"
 #include "sync/sync_util.h"
@@ -386,6 +388,28 @@ Result<PullResult> pull(Store& store, const std::string& local_path, const PullO
   return Puller(store, local_path, options).run();
 }
 
+Status follow(Store& store, const std::string& local_path, const FollowOptions& options) {
+  std::optional<uint64_t> last;
+  PullOptions po;
+  po.threads = options.threads;
+  while (!options.keep_going || options.keep_going()) {
+    auto r = pull(store, local_path, po);
+    if (r.ok()) {
+      if ((!last || *last != r->version) && options.on_pull) options.on_pull(*r);
+      last = r->version;
+    } else if (!(r.status().code() == ErrorCode::kNotFound && !last)) {
+      return r.status();  // an empty store is only "not yet"
+    }
+    if (options.keep_going && !options.keep_going()) break;
+    if (options.listener) {
+      options.listener->wait(options.poll_seconds);
+    } else {
+      std::this_thread::sleep_for(std::chrono::duration<double>(options.poll_seconds));
+    }
+  }
+  return Status::Ok();
+}
+
 Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, const PublishOptions& options) {
   if (options.snapshot_path.empty()) return make_error(ErrorCode::kInvalidArgument, "publish: a snapshot path is required");
   DWS_ASSIGN_OR_RETURN(Checkpoint cp, Checkpoint::open(checkpoint_path));
@@ -475,6 +499,9 @@ Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, 
   if (!st.ok()) {
     cleanup();
     return st;
+  }
+  if (!options.notify_urls.empty()) {
+    result.notify_failures = notify_receivers(options.notify_urls, m.version, options.notify_token, options.notify_timeout_seconds);
   }
   result.state_digest = m.state_digest;
   // Move the snapshot to the new version (applies the delta just published, or restores the anchor).
