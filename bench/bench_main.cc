@@ -195,6 +195,10 @@ uint64_t zstd_patch_from_bytes(const Case& c, const std::string& work) {
 
 }  // namespace
 
+namespace dws::bench {
+int run_sync_latency(const std::string& data, const std::string& sims, const std::string& json_path);
+}
+
 int main(int argc, char** argv) {
   std::string data = "../shared/data/trajectory-small";
   std::string json_path = "bench/results/latest.json";
@@ -202,6 +206,8 @@ int main(int argc, char** argv) {
   // 4%) and a Llama-7B-shaped model cut to 2 layers (its tensor shapes, 0.66B parameters) at two.
   std::string sims = "qwen3-0.6b:0:1e-7,qwen3-0.6b:0:1e-6,qwen3-0.6b:0:1e-5,llama-7b:2:1e-6,llama-7b:2:1e-5";
   int trajectory_pairs = 8;
+  bool sync_latency = false;
+  std::string latency_sims = "qwen3-0.6b:0:1e-6:10";  // SHAPE:LAYERS:LR:STEPS
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -214,13 +220,20 @@ int main(int argc, char** argv) {
     else if (a == "--trajectory-pairs") trajectory_pairs = std::stoi(next());
     else if (a == "--quick") { sims = "tiny:0:1e-6"; trajectory_pairs = 2; g_runs = 3; }
     else if (a == "--runs") g_runs = std::stoi(next());
+    else if (a == "--sync-latency") sync_latency = true;
+    else if (a == "--latency-sims") latency_sims = next();
     else {
       std::fprintf(stderr,
                    "usage: dws_bench [--data DIR] [--trajectory-pairs N] [--sims SHAPE:LAYERS:LR,...] [--runs N]\n"
                    "                 [--json PATH] [--quick]\n"
+                   "       dws_bench --sync-latency [--latency-sims SHAPE:LAYERS:LR:STEPS,...] [--json PATH]\n"
                    "Prints a table and writes JSON; speeds are ratios to memcpy of the same bytes in this run.\n");
       return a == "--help" ? 0 : 2;
     }
+  }
+  if (sync_latency) {
+    if (json_path == "bench/results/latest.json") json_path = "bench/results/sync-latency.json";
+    return dws::bench::run_sync_latency(data, latency_sims, json_path);
   }
   const std::string work = (std::filesystem::temp_directory_path() / ("dws-bench-" + std::to_string(::getpid()))).string();
   std::filesystem::create_directories(work);
