@@ -15,19 +15,11 @@ std::vector<codec::PayloadView> views_of(const codec::EncodedTensor& e) {
   return v;
 }
 
-struct Decoded {
-  std::vector<uint64_t> positions;
-  std::vector<std::byte> values;
-};
+using test::Decoded;
 
 Result<Decoded> decode(const codec::EncodedTensor& e, DType dtype, uint64_t numel, std::span<const std::byte> base) {
   Decoded out;
-  Status st = codec::decode_changes({e.encoding, dtype, numel, e.changes, e.index_dtype}, views_of(e), base,
-                                    [&](std::span<const uint64_t> p, std::span<const std::byte> v) {
-                                      out.positions.insert(out.positions.end(), p.begin(), p.end());
-                                      out.values.insert(out.values.end(), v.begin(), v.end());
-                                      return Status::Ok();
-                                    });
+  Status st = codec::decode_changes({e.encoding, dtype, numel, e.changes, e.index_dtype}, views_of(e), base, out.sink());
   if (!st.ok()) return st;
   return out;
 }

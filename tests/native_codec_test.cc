@@ -122,20 +122,12 @@ TEST(Rans, RefusesBadModels) {
 
 using codec::native::Layout;
 
-struct Decoded {
-  std::vector<uint64_t> positions;
-  std::vector<std::byte> values;
-};
+using test::Decoded;
 
 Result<Decoded> native_decode(DType dt, uint64_t numel, uint64_t changes, std::span<const std::byte> payload,
                               std::span<const std::byte> base) {
   Decoded out;
-  Status st = codec::native::decode(dt, numel, changes, payload, base,
-                                    [&](std::span<const uint64_t> p, std::span<const std::byte> v) {
-                                      out.positions.insert(out.positions.end(), p.begin(), p.end());
-                                      out.values.insert(out.values.end(), v.begin(), v.end());
-                                      return Status::Ok();
-                                    });
+  Status st = codec::native::decode(dt, numel, changes, payload, base, out.sink());
   if (!st.ok()) return st;
   return out;
 }

@@ -19,6 +19,8 @@ struct StoreFactory {
   std::function<std::unique_ptr<Store>(const std::string& scratch)> open;
 };
 
+void PrintTo(const StoreFactory& f, std::ostream* os) { *os << f.name; }
+
 std::vector<StoreFactory> StoreFactories() {
   return {{"dir", [](const std::string& scratch) {
              auto s = open_store(scratch + "/store");

@@ -132,6 +132,20 @@ inline ::testing::AssertionResult same_tensors(const std::string& a_path, const 
 inline const Encoding kPatchEncodings[] = {Encoding::kIndices, Encoding::kGaps, Encoding::kGapsZstd, Encoding::kXorZstd,
                                           Encoding::kNative, Encoding::kAuto};
 
+// Decoded changes collected from a codec's sink (positions ascending, values packed).
+struct Decoded {
+  std::vector<uint64_t> positions;
+  std::vector<std::byte> values;
+  // A sink that appends every batch here.
+  auto sink() {
+    return [this](std::span<const uint64_t> p, std::span<const std::byte> v) {
+      positions.insert(positions.end(), p.begin(), p.end());
+      values.insert(values.end(), v.begin(), v.end());
+      return Status::Ok();
+    };
+  }
+};
+
 }  // namespace dws::test
 
 #include <fcntl.h>

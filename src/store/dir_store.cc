@@ -59,6 +59,27 @@ Status write_all(int fd, const std::byte* data, uint64_t size, const std::string
   return Status::Ok();
 }
 
+// Copies the whole file at `from_path` into the open descriptor `fd` (named `to_path` in errors).
+Status copy_file_into(const std::string& from_path, int fd, const std::string& to_path) {
+  const int in = ::open(from_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (in < 0) return os_error("store: open", from_path, errno);
+  std::vector<std::byte> buf(1 << 20);
+  Status st;
+  for (;;) {
+    const ssize_t n = ::read(in, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      st = os_error("store: read", from_path, errno);
+      break;
+    }
+    if (n == 0) break;
+    st = write_all(fd, buf.data(), static_cast<uint64_t>(n), to_path);
+    if (!st.ok()) break;
+  }
+  ::close(in);
+  return st;
+}
+
 class DirStore final : public Store {
  public:
   explicit DirStore(std::string root) : root_(std::move(root)) {}
@@ -75,24 +96,8 @@ class DirStore final : public Store {
   Status put_file(std::string_view key, const std::string& local_path) override {
     DWS_RETURN_IF_ERROR(check_store_key(key));
     const std::string path = path_of(key);
-    DWS_ASSIGN_OR_RETURN(std::string temp, write_temp(path, [&](int fd, const std::string& t) -> Status {
-                           const int in = ::open(local_path.c_str(), O_RDONLY | O_CLOEXEC);
-                           if (in < 0) return os_error("store: open", local_path, errno);
-                           std::vector<std::byte> buf(1 << 20);
-                           Status st;
-                           for (;;) {
-                             const ssize_t n = ::read(in, buf.data(), buf.size());
-                             if (n < 0 && errno == EINTR) continue;
-                             if (n < 0) {
-                               st = os_error("store: read", local_path, errno);
-                               break;
-                             }
-                             if (n == 0) break;
-                             st = write_all(fd, buf.data(), static_cast<uint64_t>(n), t);
-                             if (!st.ok()) break;
-                           }
-                           ::close(in);
-                           return st;
+    DWS_ASSIGN_OR_RETURN(std::string temp, write_temp(path, [&](int fd, const std::string& t) {
+                           return copy_file_into(local_path, fd, t);
                          }));
     return io::rename_durable(temp, path);
   }
@@ -157,24 +162,8 @@ class DirStore final : public Store {
     DWS_RETURN_IF_ERROR(check_store_key(key));
     const std::string path = path_of(key);
     if (!io::path_exists(path)) return make_error(ErrorCode::kNotFound, "store: no object " + std::string(key) + " in " + describe());
-    DWS_ASSIGN_OR_RETURN(std::string temp, write_temp(local_path, [&](int fd, const std::string& t) -> Status {
-                           const int in = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-                           if (in < 0) return os_error("store: open", path, errno);
-                           std::vector<std::byte> buf(1 << 20);
-                           Status st;
-                           for (;;) {
-                             const ssize_t n = ::read(in, buf.data(), buf.size());
-                             if (n < 0 && errno == EINTR) continue;
-                             if (n < 0) {
-                               st = os_error("store: read", path, errno);
-                               break;
-                             }
-                             if (n == 0) break;
-                             st = write_all(fd, buf.data(), static_cast<uint64_t>(n), t);
-                             if (!st.ok()) break;
-                           }
-                           ::close(in);
-                           return st;
+    DWS_ASSIGN_OR_RETURN(std::string temp, write_temp(local_path, [&](int fd, const std::string& t) {
+                           return copy_file_into(path, fd, t);
                          }));
     return io::rename_durable(temp, local_path);
   }
