@@ -396,5 +396,30 @@ TEST(Manifest, RefusesHostileManifests) {
   EXPECT_FALSE(parse_manifest("[]").ok());
 }
 
+TEST(Manifest, RefusesHostileFoldManifests) {
+  FoldManifest f;
+  f.from_version = 2;
+  f.to_version = 5;
+  f.base_state_digest = std::string(32, 'a');
+  f.state_digest = std::string(32, 'b');
+  f.file = {fold_prefix(2, 5) + "t/fold.dwsp", "fold", "", 10, std::string(32, 'c')};
+  const std::string good = serialize_fold_manifest(f);
+  auto parsed = parse_fold_manifest(good);
+  ASSERT_TRUE(parsed.ok()) << parsed.status().to_string();
+  EXPECT_EQ(parsed->file.key, f.file.key);
+  auto mutate = [&](const std::string& from, const std::string& to) {
+    std::string s = good;
+    const size_t at = s.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    s.replace(at, from.size(), to);
+    return parse_fold_manifest(s).status().code();
+  };
+  EXPECT_EQ(mutate("\"to_version\": 5", "\"to_version\": 2"), ErrorCode::kPatchMetadata);
+  EXPECT_EQ(mutate(fold_prefix(2, 5), "versions/x/"), ErrorCode::kPatchMetadata);
+  EXPECT_EQ(mutate(fold_prefix(2, 5) + "t", "../t"), ErrorCode::kPatchMetadata);
+  EXPECT_EQ(mutate("\"size_bytes\": 10", "\"size_bytes\": -1"), ErrorCode::kPatchMetadata);
+  EXPECT_EQ(mutate("dws-fold", "dws-version"), ErrorCode::kPatchMetadata);
+}
+
 }  // namespace
 }  // namespace dws

@@ -25,6 +25,28 @@ bool is_hex32(const std::string& s) {
   return true;
 }
 
+// Field readers for manifest objects: E_PATCH_METADATA naming the field when it is missing or mistyped.
+Status get_u64(const json& obj, const char* key, uint64_t* out) {
+  auto it = obj.find(key);
+  if (it == obj.end() || !it->is_number_unsigned()) return bad(std::string("'") + key + "' missing or not an unsigned integer");
+  *out = it->get<uint64_t>();
+  return Status::Ok();
+}
+
+Status get_str(const json& obj, const char* key, std::string* out) {
+  auto it = obj.find(key);
+  if (it == obj.end() || !it->is_string()) return bad(std::string("'") + key + "' missing or not a string");
+  *out = it->get<std::string>();
+  return Status::Ok();
+}
+
+Status get_bool(const json& obj, const char* key, bool* out) {
+  auto it = obj.find(key);
+  if (it == obj.end() || !it->is_boolean()) return bad(std::string("'") + key + "' missing or not a boolean");
+  *out = it->get<bool>();
+  return Status::Ok();
+}
+
 }  // namespace
 
 uint64_t VersionManifest::bytes_of(std::string_view role) const {
@@ -61,48 +83,30 @@ std::string serialize_manifest(const VersionManifest& m) {
 Result<VersionManifest> parse_manifest(std::string_view text) {
   DWS_ASSIGN_OR_RETURN(json doc, parse_json_strict(text, "version manifest"));
   if (!doc.is_object()) return bad("not a JSON object");
-  auto u64 = [&](const json& obj, const char* key, uint64_t* out) -> Status {
-    auto it = obj.find(key);
-    if (it == obj.end() || !it->is_number_unsigned()) return bad(std::string("'") + key + "' missing or not an unsigned integer");
-    *out = it->get<uint64_t>();
-    return Status::Ok();
-  };
-  auto str = [&](const json& obj, const char* key, std::string* out) -> Status {
-    auto it = obj.find(key);
-    if (it == obj.end() || !it->is_string()) return bad(std::string("'") + key + "' missing or not a string");
-    *out = it->get<std::string>();
-    return Status::Ok();
-  };
-  auto boolean = [&](const json& obj, const char* key, bool* out) -> Status {
-    auto it = obj.find(key);
-    if (it == obj.end() || !it->is_boolean()) return bad(std::string("'") + key + "' missing or not a boolean");
-    *out = it->get<bool>();
-    return Status::Ok();
-  };
   std::string format;
   uint64_t format_version = 0;
-  DWS_RETURN_IF_ERROR(str(doc, "format", &format));
+  DWS_RETURN_IF_ERROR(get_str(doc, "format", &format));
   if (format != kManifestFormat) return bad("format is '" + format + "', not 'dws-version'");
-  DWS_RETURN_IF_ERROR(u64(doc, "format_version", &format_version));
+  DWS_RETURN_IF_ERROR(get_u64(doc, "format_version", &format_version));
   if (format_version != kManifestFormatVersion) {
     return make_error(ErrorCode::kUnsupported, "manifest: format_version " + std::to_string(format_version) + " (this dws reads 1)");
   }
   VersionManifest m;
-  DWS_RETURN_IF_ERROR(u64(doc, "version", &m.version));
-  DWS_RETURN_IF_ERROR(boolean(doc, "has_anchor", &m.has_anchor));
-  DWS_RETURN_IF_ERROR(boolean(doc, "sharded", &m.sharded));
-  DWS_RETURN_IF_ERROR(str(doc, "state_digest", &m.state_digest));
-  DWS_RETURN_IF_ERROR(u64(doc, "changes", &m.changes));
-  DWS_RETURN_IF_ERROR(u64(doc, "elements", &m.elements));
-  DWS_RETURN_IF_ERROR(u64(doc, "model_bytes", &m.model_bytes));
-  DWS_RETURN_IF_ERROR(u64(doc, "created_unix_ms", &m.created_unix_ms));
+  DWS_RETURN_IF_ERROR(get_u64(doc, "version", &m.version));
+  DWS_RETURN_IF_ERROR(get_bool(doc, "has_anchor", &m.has_anchor));
+  DWS_RETURN_IF_ERROR(get_bool(doc, "sharded", &m.sharded));
+  DWS_RETURN_IF_ERROR(get_str(doc, "state_digest", &m.state_digest));
+  DWS_RETURN_IF_ERROR(get_u64(doc, "changes", &m.changes));
+  DWS_RETURN_IF_ERROR(get_u64(doc, "elements", &m.elements));
+  DWS_RETURN_IF_ERROR(get_u64(doc, "model_bytes", &m.model_bytes));
+  DWS_RETURN_IF_ERROR(get_u64(doc, "created_unix_ms", &m.created_unix_ms));
   if (!is_hex32(m.state_digest)) return bad("state_digest is not 32 lower-case hex digits");
   if (doc.contains("base_version")) {
     uint64_t b = 0;
-    DWS_RETURN_IF_ERROR(u64(doc, "base_version", &b));
+    DWS_RETURN_IF_ERROR(get_u64(doc, "base_version", &b));
     if (b + 1 != m.version) return bad("base_version " + std::to_string(b) + " of version " + std::to_string(m.version) + " is not the previous version");
     m.base_version = b;
-    DWS_RETURN_IF_ERROR(str(doc, "base_state_digest", &m.base_state_digest));
+    DWS_RETURN_IF_ERROR(get_str(doc, "base_state_digest", &m.base_state_digest));
     if (!is_hex32(m.base_state_digest)) return bad("base_state_digest is not 32 lower-case hex digits");
   }
   auto files = doc.find("files");
@@ -112,11 +116,11 @@ Result<VersionManifest> parse_manifest(std::string_view text) {
   for (const json& f : *files) {
     if (!f.is_object()) return bad("a file entry is not an object");
     VersionFile vf;
-    DWS_RETURN_IF_ERROR(str(f, "key", &vf.key));
-    DWS_RETURN_IF_ERROR(str(f, "role", &vf.role));
-    DWS_RETURN_IF_ERROR(str(f, "name", &vf.name));
-    DWS_RETURN_IF_ERROR(u64(f, "size_bytes", &vf.size_bytes));
-    DWS_RETURN_IF_ERROR(str(f, "xxh3", &vf.xxh3));
+    DWS_RETURN_IF_ERROR(get_str(f, "key", &vf.key));
+    DWS_RETURN_IF_ERROR(get_str(f, "role", &vf.role));
+    DWS_RETURN_IF_ERROR(get_str(f, "name", &vf.name));
+    DWS_RETURN_IF_ERROR(get_u64(f, "size_bytes", &vf.size_bytes));
+    DWS_RETURN_IF_ERROR(get_str(f, "xxh3", &vf.xxh3));
     if (Status st = check_store_key(vf.key); !st.ok()) return bad(st.message());
     if (vf.key.rfind(version_prefix(m.version), 0) != 0) return bad("file " + vf.key + " lies outside its version's prefix");
     if (!is_hex32(vf.xxh3)) return bad("file " + vf.key + ": xxh3 is not 32 lower-case hex digits");
@@ -211,20 +215,25 @@ std::string serialize_fold_manifest(const FoldManifest& m) {
 
 Result<FoldManifest> parse_fold_manifest(std::string_view text) {
   DWS_ASSIGN_OR_RETURN(nlohmann::json doc, parse_json_strict(text, "fold manifest"));
+  if (!doc.is_object()) return bad("fold manifest: not a JSON object");
+  std::string format;
+  uint64_t format_version = 0;
+  DWS_RETURN_IF_ERROR(get_str(doc, "format", &format));
+  if (format != "dws-fold") return bad("format is '" + format + "', not 'dws-fold'");
+  DWS_RETURN_IF_ERROR(get_u64(doc, "format_version", &format_version));
+  if (format_version != 1) return make_error(ErrorCode::kUnsupported, "fold manifest: format_version " + std::to_string(format_version));
   FoldManifest m;
-  try {
-    if (!doc.is_object() || doc.at("format") != "dws-fold") return bad("not a fold manifest");
-    if (doc.at("format_version") != 1) return make_error(ErrorCode::kUnsupported, "fold manifest: unknown format_version");
-    m.from_version = doc.at("from_version").get<uint64_t>();
-    m.to_version = doc.at("to_version").get<uint64_t>();
-    m.base_state_digest = doc.at("base_state_digest").get<std::string>();
-    m.state_digest = doc.at("state_digest").get<std::string>();
-    m.changes = doc.at("changes").get<uint64_t>();
-    const auto& f = doc.at("file");
-    m.file = {f.at("key").get<std::string>(), "fold", "", f.at("size_bytes").get<uint64_t>(), f.at("xxh3").get<std::string>()};
-  } catch (const nlohmann::json::exception& e) {
-    return bad(std::string("fold manifest: ") + e.what());
-  }
+  DWS_RETURN_IF_ERROR(get_u64(doc, "from_version", &m.from_version));
+  DWS_RETURN_IF_ERROR(get_u64(doc, "to_version", &m.to_version));
+  DWS_RETURN_IF_ERROR(get_str(doc, "base_state_digest", &m.base_state_digest));
+  DWS_RETURN_IF_ERROR(get_str(doc, "state_digest", &m.state_digest));
+  DWS_RETURN_IF_ERROR(get_u64(doc, "changes", &m.changes));
+  auto file = doc.find("file");
+  if (file == doc.end() || !file->is_object()) return bad("fold manifest: 'file' missing or not an object");
+  m.file.role = "fold";
+  DWS_RETURN_IF_ERROR(get_str(*file, "key", &m.file.key));
+  DWS_RETURN_IF_ERROR(get_u64(*file, "size_bytes", &m.file.size_bytes));
+  DWS_RETURN_IF_ERROR(get_str(*file, "xxh3", &m.file.xxh3));
   if (m.from_version >= m.to_version) return bad("fold from " + std::to_string(m.from_version) + " to " + std::to_string(m.to_version));
   if (!is_hex32(m.base_state_digest) || !is_hex32(m.state_digest) || !is_hex32(m.file.xxh3)) return bad("fold digests are not hex");
   if (Status st = check_store_key(m.file.key); !st.ok()) return bad(st.message());
