@@ -3,6 +3,7 @@
 // of publish and pull (12 trials each; DWS_SOAK=1 runs 120).
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <thread>
 
@@ -149,6 +150,51 @@ TEST_F(Sync, MissingDeltaWithNoAnchorPastItFailsPreciselyAndLeavesAValidVersion)
   // A fresh pull to version 1 still works from the anchor; to 3 it cannot.
   EXPECT_FALSE(pull(*store_, dir_ / "fresh.safetensors", {}).ok());
   EXPECT_FALSE(std::filesystem::exists(dir_ / "fresh.safetensors"));
+}
+
+TEST_F(Sync, PullOfAVersionThatIsNotThereFailsAndWritesNothing) {
+  auto empty = pull(*store_, dir_ / "x.safetensors", {});
+  EXPECT_EQ(empty.status().code(), ErrorCode::kNotFound);
+  EXPECT_NE(empty.status().message().find("has no versions"), std::string::npos) << empty.status().to_string();
+  publish_steps(1, 16);
+  PullOptions po;
+  po.version = 7;
+  auto r = pull(*store_, dir_ / "x.safetensors", po);
+  EXPECT_EQ(r.status().code(), ErrorCode::kNotFound);
+  EXPECT_NE(r.status().message().find("version 7 is not in"), std::string::npos) << r.status().to_string();
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "x.safetensors"));
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "x.safetensors.dws-version"));
+}
+
+// Two publishers racing on one store: every version is committed once, losers get E_EXISTS and leave
+// no objects behind, and the store verifies.
+TEST_F(Sync, RacingPublishersCommitEachVersionOnce) {
+  publish_steps(0, 16);
+  std::atomic<int> ok{0}, lost{0}, other{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&, t] {
+      PublishOptions o;
+      o.snapshot_path = dir_ / ("snap" + std::to_string(t) + ".safetensors");
+      for (int step = 1; step <= 4; ++step) {
+        auto r = publish(*store_, test::trajectory_step(step), o);
+        if (r.ok()) ++ok;
+        else if (r.status().code() == ErrorCode::kExists) ++lost;
+        else ++other;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_EQ(ok.load() + lost.load(), 8);
+  EXPECT_EQ(list_versions(*store_)->size(), static_cast<size_t>(1 + ok.load()));
+  auto report = verify_store(*store_, std::nullopt, true, 1);
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->ok()) << report->problems.front();
+  auto orphans = gc(*store_, {100, {}, true});
+  ASSERT_TRUE(orphans.ok());
+  EXPECT_EQ(orphans->deleted_objects, 0u) << "a publisher that lost the race left objects behind";
+  std::printf("[ info ] racing publishers: %d committed, %d lost the race\n", ok.load(), lost.load());
 }
 
 TEST_F(Sync, CorruptedAnchorIsRefused) {

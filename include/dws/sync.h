@@ -63,7 +63,7 @@ struct PublishOptions {
   // The publisher's copy of the last published state, kept to diff against; rebuilt from the store
   // when missing or not at the store's latest version. Required.
   std::string snapshot_path;
-  // A delta with more than this fraction of elements changed (or a different tensor set) is taken as a
+  // A delta with more than this fraction of elements changed, or with tensors removed, is taken as a
   // checkpoint that does not descend from the last version: E_BASE_MISMATCH unless `anchor`.
   double max_delta_density = 0.5;
   CreatePatchOptions patch;     // encoding, threads

@@ -444,9 +444,8 @@ Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, 
       if (!pulled.ok()) return pulled.status().with_context("publish: bringing the snapshot " + options.snapshot_path + " to version " + std::to_string(versions.back()));
       DWS_ASSIGN_OR_RETURN(Checkpoint snap, Checkpoint::open(options.snapshot_path));
       DWS_ASSIGN_OR_RETURN(PatchStats ps, create_patch(snap, cp, scratch, options.patch));
-      const bool same_tensors = ps.removed_tensors == 0 && ps.changed_tensors <= ps.tensors;
       const double density = ps.elements ? static_cast<double>(ps.changes) / static_cast<double>(ps.elements) : 0.0;
-      const bool descends = same_tensors && density <= options.max_delta_density;
+      const bool descends = ps.removed_tensors == 0 && density <= options.max_delta_density;
       if (descends) {
         DWS_ASSIGN_OR_RETURN(Patch patch, Patch::open(scratch));
         m.base_version = versions.back();
