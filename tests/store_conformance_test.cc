@@ -182,6 +182,34 @@ TEST_P(StoreConformance, ReadersNeverSeeAPartialObject) {
   EXPECT_GT(reads.load(), 0);
 }
 
+// Listing while other writers add and remove objects (and the directories a driver may keep for them)
+// never fails: objects that vanish mid-listing are simply absent.
+TEST_P(StoreConformance, ListingDuringConcurrentRemovalsSucceeds) {
+  std::atomic<int> running{2};
+  auto churn_fn = [&](int t) {
+    for (int i = 0; i < 1000; ++i) {
+      const std::string key = "versions/" + std::to_string(i % 5) + "/t" + std::to_string(t) + "-" + std::to_string(i) + "/obj";
+      (void)store_->put(key, as_bytes("x"));
+      (void)store_->remove(key);
+    }
+    --running;
+  };
+  std::thread churn(churn_fn, 0), churn2(churn_fn, 1);
+  auto done = [&] { return running.load() == 0; };
+  int lists = 0;
+  Status first_failure;
+  while (!done()) {
+    auto l = store_->list("versions/");
+    if (!l.ok() && first_failure.ok()) first_failure = l.status();
+    ++lists;
+  }
+  churn.join();
+  churn2.join();
+  EXPECT_TRUE(first_failure.ok()) << first_failure.to_string();
+  EXPECT_GT(lists, 0);
+  EXPECT_TRUE(store_->list("versions/")->empty());
+}
+
 INSTANTIATE_TEST_SUITE_P(Drivers, StoreConformance, ::testing::ValuesIn(StoreFactories()),
                          [](const auto& info) { return info.param.name; });
 

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <mutex>
 #include <thread>
 
 #include "dws/sync.h"
@@ -171,6 +172,8 @@ TEST_F(Sync, PullOfAVersionThatIsNotThereFailsAndWritesNothing) {
 TEST_F(Sync, RacingPublishersCommitEachVersionOnce) {
   publish_steps(0, 16);
   std::atomic<int> ok{0}, lost{0}, other{0};
+  std::mutex mu;
+  std::string other_errors;
   std::vector<std::thread> threads;
   for (int t = 0; t < 2; ++t) {
     threads.emplace_back([&, t] {
@@ -180,12 +183,16 @@ TEST_F(Sync, RacingPublishersCommitEachVersionOnce) {
         auto r = publish(*store_, test::trajectory_step(step), o);
         if (r.ok()) ++ok;
         else if (r.status().code() == ErrorCode::kExists) ++lost;
-        else ++other;
+        else {
+          ++other;
+          std::lock_guard<std::mutex> lock(mu);
+          other_errors += r.status().to_string() + "\n";
+        }
       }
     });
   }
   for (auto& th : threads) th.join();
-  EXPECT_EQ(other.load(), 0);
+  EXPECT_EQ(other.load(), 0) << other_errors;
   EXPECT_EQ(ok.load() + lost.load(), 8);
   EXPECT_EQ(list_versions(*store_)->size(), static_cast<size_t>(1 + ok.load()));
   auto report = verify_store(*store_, std::nullopt, true, 1);

@@ -187,20 +187,7 @@ class DirStore final : public Store {
     const std::string dir_key = slash == std::string_view::npos ? "" : std::string(prefix.substr(0, slash));
     if (!dir_key.empty()) DWS_RETURN_IF_ERROR(check_store_key(dir_key));
     const fs::path start = dir_key.empty() ? fs::path(root_) : fs::path(root_) / dir_key;
-    std::error_code ec;
-    if (!fs::is_directory(start, ec)) return out;
-    for (auto it = fs::recursive_directory_iterator(start, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-      const std::string name = it->path().filename().string();
-      if (!name.empty() && name[0] == '.') {  // temp files and anything hidden are not objects
-        if (it->is_directory()) it.disable_recursion_pending();
-        continue;
-      }
-      if (!it->is_regular_file()) continue;
-      const std::string key = fs::relative(it->path(), root_).generic_string();
-      if (key.compare(0, prefix.size(), prefix) != 0 || !check_store_key(key).ok()) continue;
-      out.push_back({key, static_cast<uint64_t>(it->file_size())});
-    }
-    if (ec) return make_error(ErrorCode::kIo, "store: list " + start.string() + ": " + ec.message());
+    DWS_RETURN_IF_ERROR(walk(start, prefix, out));
     std::sort(out.begin(), out.end(), [](const ObjectInfo& a, const ObjectInfo& b) { return a.key < b.key; });
     return out;
   }
@@ -217,6 +204,39 @@ class DirStore final : public Store {
   std::string describe() const override { return "dir:" + root_; }
 
  private:
+  // Adds the objects below `dir` whose keys start with `prefix`. Entries that vanish while we look
+  // (another process removing a version or a temp file) are skipped, not errors.
+  Status walk(const fs::path& dir, std::string_view prefix, std::vector<ObjectInfo>& out) const {
+    std::error_code ec;
+    fs::directory_iterator it(dir, ec);
+    if (ec) {
+      if (ec == std::errc::no_such_file_or_directory || ec == std::errc::not_a_directory) return Status::Ok();
+      return make_error(ErrorCode::kIo, "store: list " + dir.string() + ": " + ec.message());
+    }
+    for (; it != fs::directory_iterator(); it.increment(ec)) {
+      if (ec) break;
+      const std::string name = it->path().filename().string();
+      if (name.empty() || name[0] == '.') continue;  // temp files and anything hidden are not objects
+      std::error_code st_ec;
+      const fs::file_status st = it->symlink_status(st_ec);
+      if (st_ec) continue;
+      if (fs::is_directory(st)) {
+        DWS_RETURN_IF_ERROR(walk(it->path(), prefix, out));
+        continue;
+      }
+      if (!fs::is_regular_file(st)) continue;
+      const std::string key = it->path().lexically_relative(root_).generic_string();
+      if (key.compare(0, prefix.size(), prefix) != 0 || !check_store_key(key).ok()) continue;
+      const uintmax_t size = it->file_size(st_ec);
+      if (st_ec) continue;  // removed since we saw it
+      out.push_back({key, static_cast<uint64_t>(size)});
+    }
+    if (ec && ec != std::errc::no_such_file_or_directory) {
+      return make_error(ErrorCode::kIo, "store: list " + dir.string() + ": " + ec.message());
+    }
+    return Status::Ok();
+  }
+
   std::string path_of(std::string_view key) const { return root_ + "/" + std::string(key); }
   std::string root_;
 };
