@@ -297,7 +297,16 @@ TEST_F(Sync, AFoldIsUsedByLaggardsWhenCheaper) {
   EXPECT_FALSE(r->used_anchor);
   EXPECT_EQ(r->applied, (std::vector<uint64_t>{8}));  // the fold to 7, then the delta 7 -> 8
   EXPECT_TRUE(test::same_tensors(local, test::trajectory_step(8)));
-  // A receiver at 2 cannot use it and takes the chain.
+  // A fold that ends at the target itself.
+  ASSERT_TRUE(fold(*store_, 3, 8, dir_.path(), o).ok());
+  const std::string at3 = local_at(3, "at3.safetensors");
+  r = pull(*store_, at3, {});
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_TRUE(r->used_fold);
+  EXPECT_TRUE(r->applied.empty());
+  EXPECT_EQ(r->version, 8u);
+  EXPECT_TRUE(test::same_tensors(at3, test::trajectory_step(8)));
+  // A receiver at 2 cannot use either and takes the chain.
   const std::string other = local_at(2, "o.safetensors");
   r = pull(*store_, other, {});
   ASSERT_TRUE(r.ok());

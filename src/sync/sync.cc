@@ -67,7 +67,6 @@ using namespace sync_util;
 
 constexpr uint64_t kMaxSidecarBytes = 1 << 20;
 
-
 struct LocalState {
   uint64_t version = 0;
   std::string state_digest;
@@ -90,10 +89,6 @@ Status write_sidecar(const std::string& local_path, const Store& store, uint64_t
   return io::write_file_atomic(sidecar_path(local_path), doc.dump() + "\n");
 }
 
-
-
-
-
 // The files that make up a checkpoint on disk: {name inside, local path}.
 std::vector<std::pair<std::string, std::string>> checkpoint_files(const Checkpoint& cp) {
   std::vector<std::pair<std::string, std::string>> out;
@@ -105,7 +100,6 @@ std::vector<std::pair<std::string, std::string>> checkpoint_files(const Checkpoi
   if (cp.layout().has_index) out.push_back({std::string(kIndexFileName), cp.path() + "/" + std::string(kIndexFileName)});
   return out;
 }
-
 
 // Moves a complete checkpoint at `from` (file or directory) to `to`, replacing what is there atomically.
 Status replace_checkpoint(const std::string& from, const std::string& to) {
@@ -166,11 +160,7 @@ class Puller {
     }
     DWS_ASSIGN_OR_RETURN(std::optional<uint64_t> local_v, identify_local(target));
     result_.from_version = local_v;
-    if (local_v && *local_v == target) {
-      result_.version = target;
-      result_.state_digest = manifests_.at(target).state_digest;
-      return result_;
-    }
+    if (local_v && *local_v == target) return finish(target);
     // The cheaper of the delta chain from the local version and the nearest anchor plus its chain.
     DWS_ASSIGN_OR_RETURN(std::optional<uint64_t> anchor, nearest_anchor(target));
     std::optional<uint64_t> chain_bytes;
@@ -232,8 +222,9 @@ class Puller {
 
  private:
   Result<PullResult> finish(uint64_t target) {
+    DWS_ASSIGN_OR_RETURN(const VersionManifest* m, manifest(target));
     result_.version = target;
-    result_.state_digest = manifests_.at(target).state_digest;
+    result_.state_digest = m->state_digest;
     return result_;
   }
 
@@ -357,7 +348,8 @@ class Puller {
       if (options_.on_version) options_.on_version(anchor, true);
       DWS_RETURN_IF_ERROR(apply_chain(scratch, anchor, target, /*update_sidecar=*/false));
       DWS_RETURN_IF_ERROR(replace_checkpoint(scratch, local_));
-      return write_sidecar(local_, store_, target, manifests_.at(target).state_digest);
+      DWS_ASSIGN_OR_RETURN(const VersionManifest* tm, manifest(target));
+      return write_sidecar(local_, store_, target, tm->state_digest);
     }();
     if (!st.ok()) {
       remove_quietly(scratch);
