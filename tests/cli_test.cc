@@ -99,3 +99,59 @@ TEST_F(Cli, ExitCodes) {
 
 }  // namespace
 }  // namespace dws
+
+namespace dws {
+namespace {
+
+// The store commands as a user meets them: exit codes, messages, JSON.
+TEST(CliStore, PublishPullLogVerifyFoldGc) {
+  if (!test::trajectory_available()) GTEST_SKIP();
+  test::TempDir dir;
+  const std::string store = dir / "store", snap = dir / "snap.safetensors";
+  for (int s = 0; s <= 3; ++s) {
+    auto r = test::run_cli({"publish", store, test::trajectory_step(s), "--snapshot", snap, "--anchor-every", "2",
+                            "--notify", "http://127.0.0.1:1"});
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("published version " + std::to_string(s)), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("warning: notify"), std::string::npos) << "an unreachable receiver is a warning: " << r.output;
+  }
+  auto pull = test::run_cli({"pull", store, dir / "local.safetensors", "--version", "1"});
+  ASSERT_EQ(pull.exit_code, 0) << pull.output;
+  EXPECT_NE(pull.output.find("at version 1"), std::string::npos) << pull.output;
+  pull = test::run_cli({"pull", store, dir / "local.safetensors"});
+  ASSERT_EQ(pull.exit_code, 0) << pull.output;
+  EXPECT_TRUE(test::same_tensors(dir / "local.safetensors", test::trajectory_step(3)));
+  EXPECT_EQ(test::run_cli({"pull", store, dir / "x.safetensors", "--version", "9"}).exit_code, 5);
+  EXPECT_EQ(test::run_cli({"pull", store, dir / "x.safetensors", "--listen", ":0"}).exit_code, 2);
+
+  auto log = test::run_cli({"log", store, "--json"});
+  ASSERT_EQ(log.exit_code, 0) << log.output;
+  auto doc = nlohmann::json::parse(log.output);
+  ASSERT_EQ(doc["versions"].size(), 4u);
+  EXPECT_EQ(doc["versions"][2]["kind"], "anchor+delta");
+  EXPECT_EQ(doc["versions"][1]["kind"], "delta");
+  EXPECT_EQ(doc["versions"][1]["changes"], 17067u);  // step 0 -> 1
+
+  EXPECT_EQ(test::run_cli({"verify", store, "--full"}).exit_code, 0);
+  ASSERT_EQ(test::run_cli({"fold", store, "--from", "0", "--to", "2"}).exit_code, 0);
+  EXPECT_EQ(test::run_cli({"fold", store, "--from", "0", "--to", "2"}).exit_code, 5) << "the fold exists";
+  auto gc = test::run_cli({"gc", store, "--keep-last", "1", "--dry-run"});
+  ASSERT_EQ(gc.exit_code, 0) << gc.output;
+  EXPECT_NE(gc.output.find("would delete 2 version(s)"), std::string::npos) << gc.output;
+
+  // Corrupt one object: verify names it and exits 4.
+  for (const auto& e : std::filesystem::recursive_directory_iterator(store)) {
+    if (e.path().filename() == "delta.dwsp" && e.path().string().find("00000000000000000003") != std::string::npos) {
+      auto bytes = test::read_bytes(e.path().string());
+      bytes[bytes.size() / 2] ^= std::byte{1};
+      test::write_bytes(e.path().string(), bytes);
+    }
+  }
+  auto v = test::run_cli({"verify", store});
+  EXPECT_EQ(v.exit_code, 4) << v.output;
+  EXPECT_NE(v.output.find("version 3"), std::string::npos) << v.output;
+  EXPECT_NE(v.output.find("delta.dwsp"), std::string::npos) << v.output;
+}
+
+}  // namespace
+}  // namespace dws
