@@ -1,6 +1,7 @@
 #include "codec/rans.h"
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 
 namespace dws::rans {
@@ -43,23 +44,32 @@ void build_tables(Model& m) {
 }
 }  // namespace
 
-Result<Model> Model::from_counts(std::span<const uint64_t> counts) {
-  if (counts.empty() || counts.size() > 256) return make_error(ErrorCode::kInternal, "rans: alphabet size out of range");
-  uint64_t total = 0;
-  for (uint64_t c : counts) total += c;
-  if (total == 0) return make_error(ErrorCode::kInternal, "rans: no symbols");
+namespace {
+
+// 2^(k/8) * 2^16 for k = 0..7, rounded: weights of quantized frequency codes, exact integers so that
+// encoder and decoder build bit-identical models on any machine.
+constexpr uint64_t kEighthPowers[8] = {65536, 71468, 77936, 84990, 92682, 101070, 110218, 120194};
+
+uint64_t weight_of_code(uint8_t code) { return kEighthPowers[code % 8] << (code / 8); }
+
+// Frequencies summing to kProbScale from positive weights, integer arithmetic only; every present
+// symbol keeps a frequency of at least 1.
+Model model_from_weights(std::span<const uint64_t> weights) {
   Model m;
-  m.freq.assign(counts.size(), 0);
+  m.freq.assign(weights.size(), 0);
+  // Weights are below 2^42 (codes up to kMaxCode) and there are at most 256: no product below overflows.
+  uint64_t total = 0;
+  for (uint64_t w : weights) total += w;
   uint32_t sum = 0;
   size_t largest = 0;
-  for (size_t s = 0; s < counts.size(); ++s) {
-    if (counts[s] == 0) continue;
-    const double scaled = static_cast<double>(counts[s]) * kProbScale / static_cast<double>(total);
-    m.freq[s] = static_cast<uint16_t>(std::max<double>(1.0, std::min<double>(scaled + 0.5, kProbScale)));
+  for (size_t s = 0; s < weights.size(); ++s) {
+    if (weights[s] == 0) continue;
+    const uint64_t scaled = (weights[s] * kProbScale + total / 2) / total;
+    m.freq[s] = static_cast<uint16_t>(std::clamp<uint64_t>(scaled, 1, kProbScale));
     sum += m.freq[s];
-    if (counts[s] > counts[largest]) largest = s;
+    if (weights[s] > weights[largest]) largest = s;
   }
-  // Fix the sum: take from (or give to) the symbols with the most room, largest first.
+  // Fix the sum: give to (or take from) the symbols with the most room, largest first.
   while (sum != kProbScale) {
     if (sum < kProbScale) {
       m.freq[largest] = static_cast<uint16_t>(m.freq[largest] + (kProbScale - sum));
@@ -76,6 +86,29 @@ Result<Model> Model::from_counts(std::span<const uint64_t> counts) {
   return m;
 }
 
+}  // namespace
+
+Result<Model> Model::from_counts(std::span<const uint64_t> counts) {
+  if (counts.empty() || counts.size() > 256) return make_error(ErrorCode::kInternal, "rans: alphabet size out of range");
+  uint64_t max_count = 0;
+  for (uint64_t c : counts) max_count = std::max(max_count, c);
+  if (max_count == 0) return make_error(ErrorCode::kInternal, "rans: no symbols");
+  // Quantize each count, relative to the largest, to a code c with weight 2^(c/8): the table costs one
+  // byte per symbol and the coding loss of the ~4% rounding is far below the bytes it saves.
+  std::vector<uint8_t> codes(counts.size(), 0);
+  std::vector<uint64_t> weights(counts.size(), 0);
+  for (size_t s = 0; s < counts.size(); ++s) {
+    if (counts[s] == 0) continue;
+    const double below_max = std::log2(static_cast<double>(max_count) / static_cast<double>(counts[s]));
+    const long steps = std::lround(8.0 * below_max);
+    codes[s] = static_cast<uint8_t>(kMaxCode - std::min<long>(steps, kMaxCode - 1));
+    weights[s] = weight_of_code(codes[s]);
+  }
+  Model m = model_from_weights(weights);
+  m.code = std::move(codes);
+  return m;
+}
+
 void Model::serialize(std::vector<std::byte>& out) const {
   uint64_t present = 0;
   for (uint16_t f : freq) present += f ? 1 : 0;
@@ -83,7 +116,7 @@ void Model::serialize(std::vector<std::byte>& out) const {
   for (size_t s = 0; s < freq.size(); ++s) {
     if (!freq[s]) continue;
     out.push_back(static_cast<std::byte>(s));
-    put_varint(out, freq[s]);
+    out.push_back(static_cast<std::byte>(code[s]));
   }
 }
 
@@ -91,23 +124,20 @@ Result<Model> Model::parse(std::span<const std::byte> in, size_t* consumed, uint
   size_t at = *consumed;
   uint64_t present = 0;
   if (!get_varint(in, &at, &present) || present == 0 || present > alphabet_size) return decode_error("bad symbol count");
-  Model m;
-  m.freq.assign(alphabet_size, 0);
-  uint64_t sum = 0;
+  std::vector<uint8_t> codes(alphabet_size, 0);
+  std::vector<uint64_t> weights(alphabet_size, 0);
   int last = -1;
   for (uint64_t i = 0; i < present; ++i) {
-    if (at >= in.size()) return decode_error("truncated model");
+    if (in.size() - at < 2) return decode_error("truncated model");
     const int s = static_cast<int>(in[at++]);
-    uint64_t f = 0;
-    if (s >= static_cast<int>(alphabet_size) || s <= last || !get_varint(in, &at, &f) || f == 0 || f > kProbScale) {
-      return decode_error("bad model entry");
-    }
-    m.freq[static_cast<size_t>(s)] = static_cast<uint16_t>(f);
-    sum += f;
+    const uint8_t c = static_cast<uint8_t>(in[at++]);
+    if (s >= static_cast<int>(alphabet_size) || s <= last || c == 0 || c > kMaxCode) return decode_error("bad model entry");
+    codes[static_cast<size_t>(s)] = c;
+    weights[static_cast<size_t>(s)] = weight_of_code(c);
     last = s;
   }
-  if (sum != kProbScale) return decode_error("model frequencies sum to " + std::to_string(sum));
-  build_tables(m);
+  Model m = model_from_weights(weights);
+  m.code = std::move(codes);
   *consumed = at;
   return m;
 }

@@ -18,17 +18,23 @@ inline constexpr uint32_t kProbBits = 12;
 inline constexpr uint32_t kProbScale = 1u << kProbBits;
 inline constexpr uint32_t kLow = 1u << 23;
 
-// Frequencies of an alphabet of up to 256 symbols, quantized to sum to kProbScale; every symbol with a
-// non-zero count keeps a non-zero frequency.
+// A static model over an alphabet of up to 256 symbols: frequencies summing to kProbScale, every present
+// symbol with a non-zero frequency. The frequencies are derived from one byte per present symbol, a
+// code c in 1..kMaxCode with weight 2^(c/8) (integer arithmetic only), so a serialized model costs two
+// bytes per symbol and decodes to the identical model everywhere.
+inline constexpr uint8_t kMaxCode = 200;
+
 struct Model {
   std::vector<uint16_t> freq;   // indexed by symbol
   std::vector<uint16_t> start;  // cumulative
   std::vector<uint8_t> slot_to_symbol;  // kProbScale entries (decoder)
+  std::vector<uint8_t> code;    // per symbol, 0 when absent (what serialize writes)
 
+  // Quantizes counts (relative to the largest) to codes and builds the model they describe.
   static Result<Model> from_counts(std::span<const uint64_t> counts);
-  // Serialized form: varint symbol_count, then per present symbol: u8 symbol, varint freq.
+  // Serialized form: varint symbol_count, then per present symbol, ascending: u8 symbol, u8 code.
   void serialize(std::vector<std::byte>& out) const;
-  // Parses and validates (symbols < alphabet_size, ascending, frequencies sum to kProbScale).
+  // Parses and validates (symbols < alphabet_size, strictly ascending, codes in 1..kMaxCode).
   static Result<Model> parse(std::span<const std::byte> in, size_t* consumed, uint32_t alphabet_size);
 };
 
