@@ -214,6 +214,14 @@ TEST_F(Sync, CorruptedAnchorIsRefused) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), ErrorCode::kPayloadHash) << r.status().to_string();
   EXPECT_FALSE(std::filesystem::exists(dir_ / "fresh.safetensors"));
+  // verify reads objects in bounded ranges: a shortened anchor is reported by size, naming it.
+  bytes.resize(bytes.size() - 100);
+  ASSERT_TRUE(store_->put(key, bytes).ok());
+  auto report = verify_store(*store_, std::nullopt, false, 1);
+  ASSERT_TRUE(report.ok());
+  ASSERT_EQ(report->problems.size(), 1u);
+  EXPECT_NE(report->problems[0].find(key + " is " + std::to_string(bytes.size()) + " bytes"), std::string::npos)
+      << report->problems[0];
 }
 
 TEST_F(Sync, ACheckpointThatDoesNotDescendNeedsAnAnchor) {

@@ -42,9 +42,6 @@ void build_tables(Model& m) {
     c += m.freq[s];
   }
 }
-}  // namespace
-
-namespace {
 
 // 2^(k/8) * 2^16 for k = 0..7, rounded: weights of quantized frequency codes, exact integers so that
 // encoder and decoder build bit-identical models on any machine.
@@ -93,8 +90,8 @@ Result<Model> Model::from_counts(std::span<const uint64_t> counts) {
   uint64_t max_count = 0;
   for (uint64_t c : counts) max_count = std::max(max_count, c);
   if (max_count == 0) return make_error(ErrorCode::kInternal, "rans: no symbols");
-  // Quantize each count, relative to the largest, to a code c with weight 2^(c/8): the table costs one
-  // byte per symbol and the coding loss of the ~4% rounding is far below the bytes it saves.
+  // Quantize each count, relative to the largest, to a code c with weight 2^(c/8): a frequency costs one
+  // byte in the table, and the coding loss of the ~4% rounding is far below the bytes it saves.
   std::vector<uint8_t> codes(counts.size(), 0);
   std::vector<uint64_t> weights(counts.size(), 0);
   for (size_t s = 0; s < counts.size(); ++s) {

@@ -51,10 +51,23 @@ void remove_quietly(const std::string& path) {
   std::filesystem::remove_all(path, ec);
 }
 
-std::string sidecar_path(const std::string& local_path) {
-  std::string p = local_path;
-  while (p.size() > 1 && p.back() == '/') p.pop_back();
-  return p + ".dws-version";
+std::string without_trailing_slashes(std::string path) {
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  return path;
+}
+
+std::string sidecar_path(const std::string& local_path) { return without_trailing_slashes(local_path) + ".dws-version"; }
+
+Result<std::pair<uint64_t, std::string>> object_size_and_xxh3(Store& store, std::string_view key) {
+  constexpr uint64_t kChunkBytes = 64ull << 20;
+  DWS_ASSIGN_OR_RETURN(std::optional<ObjectInfo> info, store.stat(key));
+  if (!info) return make_error(ErrorCode::kNotFound, "store: no object " + std::string(key) + " in " + store.describe());
+  DigestStream hash;
+  for (uint64_t at = 0; at < info->size_bytes; at += kChunkBytes) {
+    DWS_ASSIGN_OR_RETURN(std::vector<std::byte> chunk, store.get_range(key, at, std::min(kChunkBytes, info->size_bytes - at)));
+    hash.update(chunk);
+  }
+  return std::make_pair(info->size_bytes, digest_hex(hash.finish()));
 }
 
 }  // namespace sync_util
@@ -121,8 +134,7 @@ Status replace_checkpoint(const std::string& from, const std::string& to) {
 
 // A hidden scratch path next to `local` (same filesystem, so renames into place are atomic).
 std::string scratch_path(const std::string& local, const std::string& what) {
-  std::string p = local;
-  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  const std::string p = without_trailing_slashes(local);
   return io::parent_dir(p) + "/." + io::base_name(p) + ".dws-" + what + "-" + random_token();
 }
 
@@ -142,9 +154,7 @@ Status download_verified(Store& store, const VersionFile& f, const std::string& 
 class Puller {
  public:
   Puller(Store& store, const std::string& local, const PullOptions& options)
-      : store_(store), local_(local), options_(options) {
-    while (local_.size() > 1 && local_.back() == '/') local_.pop_back();
-  }
+      : store_(store), local_(without_trailing_slashes(local)), options_(options) {}
 
   Result<PullResult> run() {
     if (io::path_exists(journal_path_for(local_))) {
@@ -517,14 +527,14 @@ Result<VerifyReport> verify_store(Store& store, std::optional<uint64_t> version,
       continue;
     }
     for (const auto& f : m->files) {
-      auto bytes = store.get(f.key, f.size_bytes);
-      if (!bytes.ok()) {
-        report.problems.push_back("version " + std::to_string(v) + ": " + f.key + ": " + bytes.status().to_string());
+      auto got = object_size_and_xxh3(store, f.key);
+      if (!got.ok()) {
+        report.problems.push_back("version " + std::to_string(v) + ": " + f.key + ": " + got.status().to_string());
         continue;
       }
-      const std::string h = digest_hex(digest_bytes(*bytes));
-      if (bytes->size() != f.size_bytes || h != f.xxh3) {
-        report.problems.push_back("version " + std::to_string(v) + ": " + f.key + " is " + std::to_string(bytes->size()) +
+      const auto& [size, h] = *got;
+      if (size != f.size_bytes || h != f.xxh3) {
+        report.problems.push_back("version " + std::to_string(v) + ": " + f.key + " is " + std::to_string(size) +
                                   " bytes hashing to " + h + "; the manifest says " + std::to_string(f.size_bytes) + ", " + f.xxh3);
       }
     }

@@ -2,9 +2,12 @@
 #pragma once
 
 #include <string>
+#include <string_view>
+#include <utility>
 
 #include "dws/checkpoint.h"
 #include "dws/status.h"
+#include "dws/store.h"
 
 namespace dws::sync_util {
 
@@ -14,5 +17,8 @@ Result<std::string> file_xxh3(const std::string& path);  // XXH3-128 hex of a lo
 Result<std::string> checkpoint_state_digest(const Checkpoint& cp, size_t threads);
 void remove_quietly(const std::string& path);           // file or tree; errors ignored
 std::string sidecar_path(const std::string& local_path);
+std::string without_trailing_slashes(std::string path);  // "dir/" -> "dir"; "/" stays
+// The size and XXH3-128 hex of a store object, read in bounded ranges (memory stays at one chunk).
+Result<std::pair<uint64_t, std::string>> object_size_and_xxh3(Store& store, std::string_view key);
 
 }  // namespace dws::sync_util
