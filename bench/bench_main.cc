@@ -23,11 +23,16 @@
 #include "dws/patch.h"
 #include "dws/simulate.h"
 #include "patch/patch_internal.h"
+#include "bench_util.h"
 
 namespace {
 
 using json = nlohmann::json;
 using namespace dws;
+using bench::Case;
+using bench::die;
+using bench::make_simulated;
+using bench::must;
 using Clock = std::chrono::steady_clock;
 
 int g_runs = 7;
@@ -45,43 +50,6 @@ double median_seconds(const std::function<void()>& fn, const std::function<void(
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
-}
-
-void die(const Status& st) {
-  std::fprintf(stderr, "dws_bench: %s\n", st.to_string().c_str());
-  std::exit(1);
-}
-
-template <typename T>
-T must(Result<T> r) {
-  if (!r.ok()) die(r.status());
-  return std::move(r).value();
-}
-
-// One bench case: base/target checkpoints on disk.
-struct Case {
-  std::string name;
-  std::string base, target;
-};
-
-// A simulated pair (step000 -> step001) from `dws simulate`: SHAPE:LAYERS:LR, LAYERS 0 = the shape's own.
-Case make_simulated(const std::string& work, const std::string& spec) {
-  const auto a = spec.find(':'), b = spec.rfind(':');
-  if (a == std::string::npos || a == b) {
-    std::fprintf(stderr, "dws_bench: --sims entry '%s' is not SHAPE:LAYERS:LR\n", spec.c_str());
-    std::exit(2);
-  }
-  SimulateOptions o;
-  o.shape = spec.substr(0, a);
-  o.layers = static_cast<uint32_t>(std::stoul(spec.substr(a + 1, b - a - 1)));
-  o.lr = std::stod(spec.substr(b + 1));
-  o.steps = 1;
-  const std::string dir = work + "/sim-" + std::to_string(std::hash<std::string>{}(spec));
-  std::filesystem::create_directories(dir);
-  auto stats = must(simulate_trajectory(dir, o));
-  char name[96];
-  std::snprintf(name, sizeof name, "%s %.2fB lr %g", o.shape.c_str(), static_cast<double>(stats.params) / 1e9, o.lr);
-  return {name, dir + "/step000.safetensors", dir + "/step001.safetensors"};
 }
 
 // An encoding as the bench runs it: `class_positions` adds native's class layout (O(elements) decode).
@@ -197,6 +165,7 @@ uint64_t zstd_patch_from_bytes(const Case& c, const std::string& work) {
 
 namespace dws::bench {
 int run_sync_latency(const std::string& data, const std::string& sims, const std::string& json_path);
+int run_gpu_bench(const std::string& sims, int runs, const std::string& json_path);
 }
 
 int main(int argc, char** argv) {
@@ -208,6 +177,8 @@ int main(int argc, char** argv) {
   int trajectory_pairs = 8;
   bool sync_latency = false;
   std::string latency_sims = "qwen3-0.6b:0:1e-6:10";  // SHAPE:LAYERS:LR:STEPS
+  bool gpu = false;
+  std::string gpu_sims = "qwen3-0.6b:0:1e-6,qwen3-0.6b:0:1e-5";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -222,14 +193,21 @@ int main(int argc, char** argv) {
     else if (a == "--runs") g_runs = std::stoi(next());
     else if (a == "--sync-latency") sync_latency = true;
     else if (a == "--latency-sims") latency_sims = next();
+    else if (a == "--gpu") gpu = true;
+    else if (a == "--gpu-sims") gpu_sims = next();
     else {
       std::fprintf(stderr,
                    "usage: dws_bench [--data DIR] [--trajectory-pairs N] [--sims SHAPE:LAYERS:LR,...] [--runs N]\n"
                    "                 [--json PATH] [--quick]\n"
                    "       dws_bench --sync-latency [--latency-sims SHAPE:LAYERS:LR:STEPS,...] [--json PATH]\n"
+                   "       dws_bench --gpu [--gpu-sims SHAPE:LAYERS:LR,...] [--runs N] [--json PATH]\n"
                    "Prints a table and writes JSON; speeds are ratios to memcpy of the same bytes in this run.\n");
       return a == "--help" ? 0 : 2;
     }
+  }
+  if (gpu) {
+    if (json_path == "bench/results/latest.json") json_path = "bench/results/gpu.json";
+    return dws::bench::run_gpu_bench(gpu_sims, g_runs, json_path);
   }
   if (sync_latency) {
     if (json_path == "bench/results/latest.json") json_path = "bench/results/sync-latency.json";

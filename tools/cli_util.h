@@ -27,7 +27,8 @@ inline int exit_code_for(dws::ErrorCode code) {
     case dws::ErrorCode::kInvalidArgument: return kExitUsage;
     case dws::ErrorCode::kIo:
     case dws::ErrorCode::kNotFound:
-    case dws::ErrorCode::kExists: return kExitIo;
+    case dws::ErrorCode::kExists:
+    case dws::ErrorCode::kDevice: return kExitIo;
     case dws::ErrorCode::kBaseMismatch:
     case dws::ErrorCode::kTargetMismatch: return kExitMismatch;
     case dws::ErrorCode::kPendingJournal: return kExitPendingJournal;

@@ -22,6 +22,8 @@ inline constexpr DType kAllDTypes[] = {
 
 // Bytes per element: 1, 2, 4 or 8.
 size_t dtype_size_bytes(DType dtype);
+// Floating-point dtypes (F8_E4M3, F8_E5M2, F16, BF16, F32, F64): sign, exponent and mantissa fields.
+bool dtype_is_float(DType dtype);
 // The safetensors spelling: "BOOL", "U8", ..., "F8_E4M3", "BF16", ...
 std::string_view dtype_name(DType dtype);
 std::optional<DType> dtype_from_name(std::string_view name);

@@ -36,6 +36,7 @@ enum class ErrorCode : uint8_t {
   kUnsupported = 17,     // valid input the library does not handle (e.g. a newer format version)
   kPendingJournal = 18,  // an interrupted in-place apply left a journal; recover before use
   kInternal = 19,        // a bug in dws
+  kDevice = 20,          // a CUDA or NCCL call failed (device lost, out of device memory, peer gone)
 };
 
 // Stable upper-case name, e.g. "E_BASE_MISMATCH".

@@ -365,11 +365,12 @@ Status decode_position_stream(bool gaps, DType index_dtype, std::span<const std:
   return checker.flush(values.subspan(value_at));
 }
 
+// operands: the sink receives the XOR masks (ChangeOp::kXor) and `base` is unused.
 Status decode_xor_zstd(const DecodeParams& p, std::span<const std::byte> z, std::span<const std::byte> base,
-                       const ChangeSink& sink) {
+                       const ChangeSink& sink, bool operands) {
   const size_t w = dtype_size_bytes(p.dtype);
   const uint64_t tensor_bytes = p.numel * w;
-  if (base.size() != tensor_bytes) return make_error(ErrorCode::kInternal, "xor_zstd: base has the wrong size");
+  if (!operands && base.size() != tensor_bytes) return make_error(ErrorCode::kInternal, "xor_zstd: base has the wrong size");
   const unsigned long long declared = ZSTD_getFrameContentSize(z.data(), z.size());
   if (declared != ZSTD_CONTENTSIZE_UNKNOWN && declared != tensor_bytes) {
     return decode_error("xor_zstd frame declares " + std::to_string(declared) + " bytes, tensor has " + std::to_string(tensor_bytes));
@@ -395,7 +396,7 @@ Status decode_xor_zstd(const DecodeParams& p, std::span<const std::byte> z, std:
       if (!nonzero) continue;
       const uint64_t pos = first + k;
       DWS_RETURN_IF_ERROR(checker.push(pos));
-      for (size_t b = 0; b < w; ++b) values.push_back(base[pos * w + b] ^ x[b]);
+      for (size_t b = 0; b < w; ++b) values.push_back(operands ? x[b] : base[pos * w + b] ^ x[b]);
       if (checker.full()) {
         DWS_RETURN_IF_ERROR(checker.flush(values));
         values.clear();
@@ -434,10 +435,10 @@ Status decode_xor_zstd(const DecodeParams& p, std::span<const std::byte> z, std:
   return Status::Ok();
 }
 
-}  // namespace
 
-Status decode_changes(const DecodeParams& p, std::span<const PayloadView> payloads, std::span<const std::byte> base,
-                      const ChangeSink& sink) {
+// operands: see decode_operands; `base` is then empty.
+Status decode_impl(const DecodeParams& p, std::span<const PayloadView> payloads, std::span<const std::byte> base,
+                   const ChangeSink& sink, bool operands) {
   DWS_RETURN_IF_ERROR(check_payload_shapes(p, payloads));
   const size_t w = dtype_size_bytes(p.dtype);
   switch (p.encoding) {
@@ -464,15 +465,64 @@ Status decode_changes(const DecodeParams& p, std::span<const PayloadView> payloa
                                     p.numel, w, sink);
     }
     case Encoding::kXorZstd:
-      return decode_xor_zstd(p, payloads[0].bytes, base, sink);
+      return decode_xor_zstd(p, payloads[0].bytes, base, sink, operands);
     case Encoding::kNative:
+      if (operands) return native::decode_operands(p.dtype, p.numel, p.changes, payloads[0].bytes, sink);
       if (base.size() != p.numel * w) return make_error(ErrorCode::kInternal, "native: base has the wrong size");
       return native::decode(p.dtype, p.numel, p.changes, payloads[0].bytes, base, sink);
     case Encoding::kFull:
     case Encoding::kAuto:
       break;
   }
-  return make_error(ErrorCode::kInternal, "decode_changes called for a full or auto tensor");
+  return make_error(ErrorCode::kInternal, "decode called for a full or auto tensor");
+}
+
+}  // namespace
+
+Status decode_changes(const DecodeParams& p, std::span<const PayloadView> payloads, std::span<const std::byte> base,
+                      const ChangeSink& sink) {
+  return decode_impl(p, payloads, base, sink, false);
+}
+
+Status decode_operands(const DecodeParams& p, std::span<const PayloadView> payloads, const ChangeSink& sink) {
+  return decode_impl(p, payloads, {}, sink, true);
+}
+
+ChangeOp change_op(Encoding encoding) {
+  switch (encoding) {
+    case Encoding::kXorZstd: return ChangeOp::kXor;
+    case Encoding::kNative: return ChangeOp::kAddKey;
+    default: return ChangeOp::kSet;
+  }
+}
+
+size_t operand_size_bytes(ChangeOp op, DType dtype) {
+  return op == ChangeOp::kAddKey ? sizeof(uint64_t) : dtype_size_bytes(dtype);
+}
+
+void apply_operands(DType dtype, ChangeOp op, std::span<std::byte> tensor, std::span<const uint64_t> positions,
+                    std::span<const std::byte> operands) {
+  const size_t w = dtype_size_bytes(dtype);
+  const size_t ow = operand_size_bytes(op, dtype);
+  for (size_t i = 0; i < positions.size(); ++i) {
+    std::byte* e = tensor.data() + positions[i] * w;
+    const std::byte* o = operands.data() + i * ow;
+    switch (op) {
+      case ChangeOp::kSet: std::memcpy(e, o, w); break;
+      case ChangeOp::kXor:
+        for (size_t b = 0; b < w; ++b) e[b] ^= o[b];
+        break;
+      case ChangeOp::kAddKey: {
+        uint64_t bits = 0, zz = 0;
+        std::memcpy(&bits, e, w);
+        std::memcpy(&zz, o, sizeof zz);
+        bits = native::from_key(dtype, (native::to_key(dtype, bits) + ((zz >> 1) ^ (0 - (zz & 1)))) &
+                                           (w == 8 ? ~0ull : (1ull << (8 * w)) - 1));
+        std::memcpy(e, &bits, w);
+        break;
+      }
+    }
+  }
 }
 
 }  // namespace codec

@@ -80,6 +80,26 @@ using ChangeSink = std::function<Status(std::span<const uint64_t> positions, std
 Status decode_changes(const DecodeParams& params, std::span<const PayloadView> payloads,
                       std::span<const std::byte> base, const ChangeSink& sink);
 
+// How a decoded operand turns a tensor's current element into its new value. Receivers that do not hold
+// the base on the host (GPU tensors) decode operands and apply them where the tensor lives.
+enum class ChangeOp : uint8_t {
+  kSet,     // operand: the new value (element width)
+  kXor,     // operand: new = current XOR operand (element width)
+  kAddKey,  // operand: uint64 zigzag distance; new = bits(key(current) + unzigzag(operand)) in the element's
+            // width, key() being native's order-preserving integer key for the dtype (docs/patch-format.md §4.1)
+};
+ChangeOp change_op(Encoding encoding);  // kSet for indices/gaps/gaps_zstd, kXor for xor_zstd, kAddKey for native
+size_t operand_size_bytes(ChangeOp op, DType dtype);
+
+// Decodes a modified tensor without its base: the sink receives positions and operands of change_op(encoding)
+// (operand_size_bytes each) instead of new values. Same validation as decode_changes, except what needs the
+// base: a native class-layout payload is E_UNSUPPORTED.
+Status decode_operands(const DecodeParams& params, std::span<const PayloadView> payloads, const ChangeSink& sink);
+
+// The CPU reference of applying operands: tensor is the whole tensor of dtype elements, positions in range.
+void apply_operands(DType dtype, ChangeOp op, std::span<std::byte> tensor, std::span<const uint64_t> positions,
+                    std::span<const std::byte> operands);
+
 // Payload roles and dtypes an encoding must carry; used by the patch parser before decoding.
 Status check_payload_shapes(const DecodeParams& params, std::span<const PayloadView> payloads);
 

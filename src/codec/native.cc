@@ -6,6 +6,7 @@
 #include <string>
 
 #include "codec/change_sink.h"
+#include "codec/element_key.h"
 #include "codec/rans.h"
 
 namespace dws::codec::native {
@@ -25,17 +26,6 @@ constexpr double kBitmapMinDensity = 1.0 / 32;
 
 Status decode_error(const std::string& msg) { return make_error(ErrorCode::kDecode, "native: " + msg); }
 
-bool is_float(DType d) {
-  return d == DType::kF8_E4M3 || d == DType::kF8_E5M2 || d == DType::kF16 || d == DType::kBF16 || d == DType::kF32 ||
-         d == DType::kF64;
-}
-
-// All bits of a W-byte element, and its top (sign) bit.
-template <size_t W>
-inline constexpr uint64_t kWidthMask = W == 8 ? ~0ull : (1ull << (8 * W)) - 1;
-template <size_t W>
-inline constexpr uint64_t kSignBit = 1ull << (8 * W - 1);
-
 template <size_t W>
 uint64_t load(const std::byte* p) {
   uint64_t v = 0;
@@ -48,28 +38,10 @@ void store(std::byte* p, uint64_t v) {
   std::memcpy(p, &v, W);
 }
 
-template <size_t W, bool kFloat>
-uint64_t key_of(uint64_t bits) {
-  if constexpr (!kFloat) {
-    return bits;
-  } else {
-    return (bits & kSignBit<W>) ? (~bits & kWidthMask<W>) : (bits | kSignBit<W>);
-  }
-}
-
-template <size_t W, bool kFloat>
-uint64_t bits_of(uint64_t key) {
-  if constexpr (!kFloat) {
-    return key;
-  } else {
-    return (key & kSignBit<W>) ? (key & ~kSignBit<W>) : (~key & kWidthMask<W>);
-  }
-}
-
 // Calls fn.template operator()<W, kFloat>() for the dtype's width and float-ness.
 template <typename Fn>
 auto dispatch(DType dtype, Fn&& fn) {
-  const bool f = is_float(dtype);
+  const bool f = dtype_is_float(dtype);
   switch (dtype_size_bytes(dtype)) {
     case 1: return f ? fn.template operator()<1, true>() : fn.template operator()<1, false>();
     case 2: return f ? fn.template operator()<2, true>() : fn.template operator()<2, false>();
@@ -422,9 +394,11 @@ Result<std::vector<std::byte>> encode_class(DType dtype, std::span<const std::by
 template <size_t W, bool kFloat>
 class ValueDecoder {
  public:
+  // operands: hand the sink each change's zigzag key distance (8 bytes, ChangeOp::kAddKey) instead of the
+  // new value; `base` is then unused.
   ValueDecoder(uint64_t numel, uint64_t n, std::span<const std::byte> base, std::span<const std::byte> escapes,
-               const ChangeSink& sink)
-      : base_(base), escapes_(escapes), checker_(numel, sink, W, n) {
+               const ChangeSink& sink, bool operands)
+      : base_(base), escapes_(escapes), checker_(numel, sink, operands ? sizeof(uint64_t) : W, n), operands_(operands) {
     const size_t batch = static_cast<size_t>(std::min<uint64_t>(n, kSinkBatch));
     values_.resize(batch * W);
     distances_.resize(batch);
@@ -460,6 +434,7 @@ class ValueDecoder {
   // of independent loads that the CPU overlaps.
   Status flush() {
     const std::span<const uint64_t> pos = checker_.pending_positions();
+    if (operands_) return checker_.flush(std::as_bytes(std::span<const uint64_t>(distances_)));
     for (size_t k = 0; k < pos.size(); ++k) {
       const uint64_t kb = key_of<W, kFloat>(load<W>(base_.data() + pos[k] * W));
       const uint64_t kt = (kb + static_cast<uint64_t>(unzigzag(distances_[k]))) & kWidthMask<W>;
@@ -472,6 +447,7 @@ class ValueDecoder {
   std::span<const std::byte> escapes_;
   size_t escape_at_ = 0;
   PositionChecker checker_;
+  bool operands_;
   std::vector<std::byte> values_;
   std::vector<uint64_t> distances_;
 };
@@ -483,7 +459,7 @@ Status rans_ended(const rans::Decoder& dec) {
 
 template <size_t W, bool kFloat>
 Status decode_gaps(std::span<const std::byte> payload, size_t at, uint64_t n, uint64_t numel,
-                   std::span<const std::byte> base, const ChangeSink& sink) {
+                   std::span<const std::byte> base, const ChangeSink& sink, bool operands) {
   DWS_ASSIGN_OR_RETURN(rans::Model gap_model, rans::Model::parse(payload, &at, kGapAlphabet));
   DWS_ASSIGN_OR_RETURN(rans::Model value_model, rans::Model::parse(payload, &at, kValueAlphabet));
   std::span<const std::byte> stream, mantissa_bytes, escapes;
@@ -494,7 +470,7 @@ Status decode_gaps(std::span<const std::byte> payload, size_t at, uint64_t n, ui
   if (at != payload.size()) return decode_error(std::to_string(payload.size() - at) + " trailing bytes");
   DWS_ASSIGN_OR_RETURN(rans::Decoder dec, rans::Decoder::start(stream));
   BitReader mantissas(mantissa_bytes);
-  ValueDecoder<W, kFloat> values(numel, n, base, escapes, sink);
+  ValueDecoder<W, kFloat> values(numel, n, base, escapes, sink, operands);
   uint64_t prev = 0;
   for (uint64_t i = 0; i < n; ++i) {
     uint32_t len = 0;
@@ -526,7 +502,7 @@ Status decode_gaps(std::span<const std::byte> payload, size_t at, uint64_t n, ui
 
 template <size_t W, bool kFloat>
 Status decode_bitmap(std::span<const std::byte> payload, size_t at, uint64_t n, uint64_t numel,
-                     std::span<const std::byte> base, const ChangeSink& sink) {
+                     std::span<const std::byte> base, const ChangeSink& sink, bool operands) {
   DWS_ASSIGN_OR_RETURN(rans::Model byte_model, rans::Model::parse(payload, &at, 256));
   DWS_ASSIGN_OR_RETURN(rans::Model value_model, rans::Model::parse(payload, &at, kValueAlphabet));
   std::span<const std::byte> stream, escapes;
@@ -547,7 +523,7 @@ Status decode_bitmap(std::span<const std::byte> payload, size_t at, uint64_t n, 
   }
   if (numel % 64 != 0 && (bitmap.back() >> (numel % 64)) != 0) return decode_error("bitmap sets bits past the tensor's end");
   if (set != n) return decode_error("bitmap holds " + std::to_string(set) + " changes, the header " + std::to_string(n));
-  ValueDecoder<W, kFloat> values(numel, n, base, escapes, sink);
+  ValueDecoder<W, kFloat> values(numel, n, base, escapes, sink, operands);
   for (uint64_t w = 0; w < words; ++w) {
     for (uint64_t bits = bitmap[w]; bits != 0; bits &= bits - 1) {
       uint32_t sym = 0;
@@ -612,7 +588,7 @@ Status decode_class(DType dtype, std::span<const std::byte> payload, size_t at, 
   for (uint64_t s = 0; s < classes; ++s) {
     if (!get_rice(rice[s], &skip[s])) return decode_error("Rice bits run out or a gap exceeds the tensor");
   }
-  ValueDecoder<W, kFloat> values(numel, n, base, escapes, sink);
+  ValueDecoder<W, kFloat> values(numel, n, base, escapes, sink, false);
   const uint64_t mask = field.count - 1;
   uint64_t found = 0;
   // One scan of the base in position order; it stops after the last change. Inactive (and finished)
@@ -700,10 +676,11 @@ Result<std::vector<std::byte>> encode(DType dtype, std::span<const std::byte> ba
   return best;
 }
 
-Status decode(DType dtype, uint64_t numel, uint64_t changes, std::span<const std::byte> payload,
-              std::span<const std::byte> base, const ChangeSink& sink) {
-  const size_t w = dtype_size_bytes(dtype);
-  if (base.size() != numel * w) return make_error(ErrorCode::kInternal, "native: base has the wrong size");
+namespace {
+
+// operands: see decode_operands; `base` is then empty.
+Status decode_impl(DType dtype, uint64_t numel, uint64_t changes, std::span<const std::byte> payload,
+                   std::span<const std::byte> base, const ChangeSink& sink, bool operands) {
   if (payload.empty()) return decode_error("empty payload");
   const uint8_t layout = static_cast<uint8_t>(payload[0]);
   if (layout != kLayoutGaps && layout != kLayoutClass && layout != kLayoutBitmap) {
@@ -720,13 +697,31 @@ Status decode(DType dtype, uint64_t numel, uint64_t changes, std::span<const std
     if (layout != kLayoutGaps || at != payload.size()) return decode_error("an empty payload is layout 1 with nothing after n");
     return Status::Ok();
   }
+  if (operands && layout == kLayoutClass) {
+    return make_error(ErrorCode::kUnsupported,
+                      "native: the class layout finds positions by scanning the base, which the decoder does not hold here");
+  }
   return dispatch(dtype, [&]<size_t W, bool kFloat>() -> Status {
     switch (layout) {
-      case kLayoutGaps: return decode_gaps<W, kFloat>(payload, at, n, numel, base, sink);
-      case kLayoutBitmap: return decode_bitmap<W, kFloat>(payload, at, n, numel, base, sink);
+      case kLayoutGaps: return decode_gaps<W, kFloat>(payload, at, n, numel, base, sink, operands);
+      case kLayoutBitmap: return decode_bitmap<W, kFloat>(payload, at, n, numel, base, sink, operands);
       default: return decode_class<W, kFloat>(dtype, payload, at, n, numel, base, sink);
     }
   });
+}
+
+}  // namespace
+
+Status decode(DType dtype, uint64_t numel, uint64_t changes, std::span<const std::byte> payload,
+              std::span<const std::byte> base, const ChangeSink& sink) {
+  const size_t w = dtype_size_bytes(dtype);
+  if (base.size() != numel * w) return make_error(ErrorCode::kInternal, "native: base has the wrong size");
+  return decode_impl(dtype, numel, changes, payload, base, sink, false);
+}
+
+Status decode_operands(DType dtype, uint64_t numel, uint64_t changes, std::span<const std::byte> payload,
+                       const ChangeSink& sink) {
+  return decode_impl(dtype, numel, changes, payload, {}, sink, true);
 }
 
 }  // namespace dws::codec::native

@@ -43,6 +43,11 @@ Result<std::vector<std::byte>> encode(DType dtype, std::span<const std::byte> ba
 Status decode(DType dtype, uint64_t numel, uint64_t changes, std::span<const std::byte> payload,
               std::span<const std::byte> base, const ChangeSink& sink);
 
+// The same without the base: the sink receives each change's zigzag key distance as a uint64_t
+// (ChangeOp::kAddKey) instead of its new value. The class layout needs the base: E_UNSUPPORTED.
+Status decode_operands(DType dtype, uint64_t numel, uint64_t changes, std::span<const std::byte> payload,
+                       const ChangeSink& sink);
+
 // Whether the class layout exists for this dtype (float dtypes).
 bool has_class_layout(DType dtype);
 

@@ -23,6 +23,11 @@ constexpr DTypeInfo kInfo[] = {
 size_t dtype_size_bytes(DType dtype) { return kInfo[static_cast<size_t>(dtype)].size_bytes; }
 std::string_view dtype_name(DType dtype) { return kInfo[static_cast<size_t>(dtype)].name; }
 
+bool dtype_is_float(DType d) {
+  return d == DType::kF8_E4M3 || d == DType::kF8_E5M2 || d == DType::kF16 || d == DType::kBF16 || d == DType::kF32 ||
+         d == DType::kF64;
+}
+
 std::optional<DType> dtype_from_name(std::string_view name) {
   for (const auto& info : kInfo) {
     if (info.name == name) return info.dtype;

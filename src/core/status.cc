@@ -24,6 +24,7 @@ std::string_view error_code_name(ErrorCode code) {
     case ErrorCode::kUnsupported: return "E_UNSUPPORTED";
     case ErrorCode::kPendingJournal: return "E_PENDING_JOURNAL";
     case ErrorCode::kInternal: return "E_INTERNAL";
+    case ErrorCode::kDevice: return "E_DEVICE";
   }
   return "E_UNKNOWN";
 }

@@ -1,0 +1,210 @@
+// gpu_bench.cc — `dws_bench --gpu`: the GPU path on simulated models, as ratios to copies measured in the
+// same run on the same device.
+//
+//   diff        Differ::diff over all tensors (both passes, the scan, the one host sync, output allocation)
+//               vs one device-to-device copy of the model (the diff reads 2x the model, the copy reads and
+//               writes it: the same bytes move)
+//   to host     copying only the changes to the host
+//   scatter     apply_changes of the step into a device snapshot, vs the same copy
+//   scatter 1%  the same for a synthetic step changing 1% of elements by one ULP
+//   patch apply apply_tensor of every tensor from a native patch file (host decode + upload + scatter) vs
+//               uploading the whole checkpoint from host memory
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bench_util.h"
+#include "dws/checkpoint.h"
+#include "dws/gpu.h"
+#include "dws/patch.h"
+
+namespace dws::bench {
+
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+double median_of(int runs, const std::function<void()>& fn, const std::function<void()>& setup = {}) {
+  if (setup) setup();
+  fn();  // warm-up
+  std::vector<double> t;
+  for (int i = 0; i < runs; ++i) {
+    if (setup) setup();
+    if (Status st = gpu::synchronize(nullptr); !st.ok()) die(st);
+    const auto t0 = Clock::now();
+    fn();
+    if (Status st = gpu::synchronize(nullptr); !st.ok()) die(st);
+    t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+void check(const Status& st) {
+  if (!st.ok()) die(st);
+}
+
+// All tensors of a checkpoint in one device allocation, each at a 256-byte-aligned offset.
+struct DeviceModel {
+  gpu::DeviceBuffer buffer;
+  std::vector<gpu::DeviceTensor> tensors;
+  uint64_t bytes = 0;  // tensor bytes (without alignment padding)
+};
+
+uint64_t padded_size(const Checkpoint& c) {
+  uint64_t n = 0;
+  for (const auto& t : c.tensors()) n += (c.bytes(t).size() + 255) / 256 * 256;
+  return n;
+}
+
+DeviceModel upload_model(const Checkpoint& c, const std::vector<std::vector<std::byte>>* replace = nullptr) {
+  DeviceModel m;
+  m.buffer = must(gpu::DeviceBuffer::allocate(padded_size(c)));
+  uint64_t at = 0;
+  for (size_t i = 0; i < c.tensors().size(); ++i) {
+    const CheckpointTensor& t = c.tensors()[i];
+    std::span<const std::byte> bytes = c.bytes(t);
+    if (replace) bytes = (*replace)[i];
+    auto* p = static_cast<std::byte*>(m.buffer.data()) + at;
+    check(gpu::copy(p, bytes.data(), bytes.size(), nullptr));
+    m.tensors.push_back({p, t.dtype, bytes.size() / dtype_size_bytes(t.dtype)});
+    at += (bytes.size() + 255) / 256 * 256;
+    m.bytes += bytes.size();
+  }
+  return m;
+}
+
+std::vector<gpu::DiffInput> inputs_of(const DeviceModel& a, const DeviceModel& b) {
+  std::vector<gpu::DiffInput> in;
+  for (size_t i = 0; i < a.tensors.size(); ++i) in.push_back({a.tensors[i].data, b.tensors[i].data, a.tensors[i].dtype, a.tensors[i].numel});
+  return in;
+}
+
+// The base's tensors with `density` of their elements moved by one unit in the last place.
+std::vector<std::vector<std::byte>> one_ulp_step(const Checkpoint& c, double density, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::geometric_distribution<uint64_t> skip(density);
+  std::vector<std::vector<std::byte>> out;
+  for (const auto& t : c.tensors()) {
+    auto bytes = c.bytes(t);
+    out.emplace_back(bytes.begin(), bytes.end());
+    const size_t w = dtype_size_bytes(t.dtype);
+    const uint64_t n = bytes.size() / w;
+    for (uint64_t i = skip(rng); i < n; i += 1 + skip(rng)) out.back()[i * w] ^= std::byte{1};  // low bit of the element
+  }
+  return out;
+}
+
+}  // namespace
+
+int run_gpu_bench(const std::string& sims, int runs, const std::string& json_path) {
+  if (!gpu::built_with_cuda()) die(make_error(ErrorCode::kUnsupported, "dws_bench --gpu: built without CUDA"));
+  const int devices = must(gpu::device_count());
+  if (devices == 0) die(make_error(ErrorCode::kNotFound, "dws_bench --gpu: no CUDA device"));
+  const gpu::DeviceInfo info = must(gpu::device_info(0));
+  std::printf("device: %s, %d SMs, %.1f GiB\n", info.name.c_str(), info.multiprocessors,
+              static_cast<double>(info.memory_bytes) / (1ull << 30));
+  const std::string work = (std::filesystem::temp_directory_path() / ("dws-gpu-bench-" + std::to_string(::getpid()))).string();
+  std::filesystem::create_directories(work);
+
+  json out = {{"device", info.name}, {"multiprocessors", info.multiprocessors}, {"runs", runs}, {"rows", json::array()}};
+  std::printf("%-28s %8s %10s %9s %9s %9s %9s %10s %10s\n", "dataset", "density", "model MB", "diff", "to host", "scatter",
+              "scat 1%", "patch app", "payB/chg");
+  std::printf("%-28s %8s %10s %9s %9s %9s %9s %10s %10s\n", "", "", "", "x copy", "t/copy", "t/copy", "t/copy", "t/upload", "");
+  for (size_t at = 0; at < sims.size();) {
+    size_t comma = sims.find(',', at);
+    if (comma == std::string::npos) comma = sims.size();
+    const std::string spec = sims.substr(at, comma - at);
+    at = comma + 1;
+    if (spec.empty()) continue;
+    std::fprintf(stderr, "dws_bench: simulating %s\n", spec.c_str());
+    const Case c = make_simulated(work, spec);
+    auto base = must(Checkpoint::open(c.base));
+    auto target = must(Checkpoint::open(c.target));
+    DeviceModel d_base = upload_model(base), d_target = upload_model(target);
+    DeviceModel d_scratch = upload_model(base);
+    const uint64_t model_bytes = d_base.bytes;
+
+    // Baselines: one device copy of the model; one upload of it from host memory.
+    const double copy_s = median_of(runs, [&] {
+      check(gpu::copy(d_scratch.buffer.data(), d_base.buffer.data(), d_base.buffer.size_bytes(), nullptr));
+    });
+    std::vector<std::byte> host_model(d_base.buffer.size_bytes());
+    const double upload_s = median_of(runs, [&] {
+      check(gpu::copy(d_scratch.buffer.data(), host_model.data(), host_model.size(), nullptr));
+    });
+
+    gpu::Differ differ;
+    const auto inputs = inputs_of(d_base, d_target);
+    gpu::DeviceChangeSet changes;
+    const double diff_s = median_of(runs, [&] { changes = must(differ.diff(inputs, nullptr)); });
+    const double to_host_s = median_of(runs, [&] { (void)must(gpu::Differ::to_host(changes, nullptr)); });
+    auto reset = [&] { check(gpu::copy(d_scratch.buffer.data(), d_base.buffer.data(), d_base.buffer.size_bytes(), nullptr)); };
+    const double scatter_s = median_of(runs, [&] { check(gpu::apply_changes(d_scratch.tensors, changes, nullptr)); }, reset);
+
+    // A synthetic 1% step (one ULP each), for the scatter target.
+    const auto step1 = one_ulp_step(base, 0.01, 7);
+    DeviceModel d_step1 = upload_model(base, &step1);
+    const gpu::DeviceChangeSet changes1 = must(differ.diff(inputs_of(d_base, d_step1), nullptr));
+    const double scatter1_s = median_of(runs, [&] { check(gpu::apply_changes(d_scratch.tensors, changes1, nullptr)); }, reset);
+
+    // A receiver applying a native patch file into device tensors.
+    const std::string patch_path = work + "/gpu.dwsp";
+    const PatchStats ps = must(create_patch(base, target, patch_path, {.encoding = Encoding::kNative}));
+    const Patch patch = must(Patch::open(patch_path));
+    std::vector<std::pair<const PatchTensor*, gpu::DeviceTensor>> work_list;
+    for (size_t i = 0; i < base.tensors().size(); ++i) {
+      if (const PatchTensor* t = patch.header().find(base.tensors()[i].name)) work_list.push_back({t, d_scratch.tensors[i]});
+    }
+    const double patch_s = median_of(runs, [&] {
+      for (const auto& [t, dst] : work_list) (void)must(gpu::apply_tensor(patch, *t, dst, nullptr));
+    }, reset);
+    // The result must be the target, bit for bit.
+    bool exact = true;
+    for (size_t i = 0; i < target.tensors().size(); ++i) {
+      auto want = target.bytes(target.tensors()[i]);
+      std::vector<std::byte> have(want.size());
+      check(gpu::copy(have.data(), d_scratch.tensors[i].data, want.size(), nullptr));
+      exact = exact && std::memcmp(have.data(), want.data(), want.size()) == 0;
+    }
+    if (!exact) die(make_error(ErrorCode::kTargetMismatch, "gpu patch apply did not reproduce the target"));
+
+    const double density = static_cast<double>(changes.total) /
+                           static_cast<double>(model_bytes / dtype_size_bytes(base.tensors()[0].dtype));
+    const double pay = static_cast<double>(ps.payload_bytes) / static_cast<double>(std::max<uint64_t>(ps.changes, 1));
+    std::printf("%-28s %7.3f%% %10.1f %9.3f %9.3f %9.4f %9.4f %10.3f %10.3f\n", c.name.c_str(), 100 * density,
+                static_cast<double>(model_bytes) / 1e6, copy_s / diff_s, to_host_s / copy_s, scatter_s / copy_s,
+                scatter1_s / copy_s, patch_s / upload_s, pay);
+    out["rows"].push_back({{"dataset", c.name},
+                           {"tensors", base.tensors().size()},
+                           {"model_bytes", model_bytes},
+                           {"changes", changes.total},
+                           {"density", density},
+                           {"device_copy_seconds", copy_s},
+                           {"host_upload_seconds", upload_s},
+                           {"diff_throughput_vs_device_copy", copy_s / diff_s},
+                           {"changes_to_host_time_vs_device_copy", to_host_s / copy_s},
+                           {"scatter_time_vs_device_copy", scatter_s / copy_s},
+                           {"scatter_1pct_changes", changes1.total},
+                           {"scatter_1pct_time_vs_device_copy", scatter1_s / copy_s},
+                           {"native_patch_apply_time_vs_host_upload", patch_s / upload_s},
+                           {"native_payload_bytes_per_change", pay},
+                           {"patch_apply_bit_exact", exact}});
+    std::fflush(stdout);
+  }
+  std::filesystem::remove_all(work);
+  if (!json_path.empty()) {
+    std::filesystem::create_directories(std::filesystem::path(json_path).parent_path());
+    std::ofstream(json_path) << out.dump(2) << "\n";
+  }
+  return 0;
+}
+
+}  // namespace dws::bench

@@ -1,0 +1,145 @@
+// dws/gpu.h — the GPU path: exact diff with stream compaction on the device, and in-place apply of a
+// patch into device tensors, in time proportional to the changes.
+//
+// Every kernel has a CPU reference (diff_elements, codec::apply_operands) and must match it bit for bit.
+// A build without CUDA (DWS_CUDA=OFF, or no toolkit found) keeps this API; every call then returns
+// E_UNSUPPORTED "built without CUDA". CUDA failures are E_DEVICE with the CUDA error's name.
+//
+// Pointers are device pointers, or pinned host memory the device can address (cudaHostAlloc with
+// cudaHostAllocMapped, under unified addressing): a trainer may keep its snapshot in host memory.
+// Streams are cudaStream_t passed as void* so that this header needs no CUDA headers; nullptr is the
+// legacy default stream. Calls are ordered on the stream given; those that return host data synchronize it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "dws/dtype.h"
+#include "dws/patch.h"
+#include "dws/status.h"
+
+namespace dws::gpu {
+
+using Stream = void*;  // a cudaStream_t
+
+bool built_with_cuda();
+
+struct DeviceInfo {
+  int ordinal = 0;
+  std::string name;
+  int multiprocessors = 0;
+  uint64_t memory_bytes = 0;
+  int compute_major = 0;
+  int compute_minor = 0;
+};
+// Number of CUDA devices visible (0 when the driver finds none).
+Result<int> device_count();
+Result<DeviceInfo> device_info(int ordinal);
+// Makes `ordinal` the calling thread's current device.
+Status set_device(int ordinal);
+
+// A tensor in device memory, not owned.
+struct DeviceTensor {
+  void* data = nullptr;
+  DType dtype = DType::kU8;
+  uint64_t numel = 0;
+};
+
+// Device memory owned by this object (cudaMalloc / cudaFree).
+class DeviceBuffer {
+ public:
+  static Result<DeviceBuffer> allocate(uint64_t bytes);
+  DeviceBuffer() = default;
+  DeviceBuffer(DeviceBuffer&& other) noexcept;
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer();
+  void* data() const { return data_; }
+  uint64_t size_bytes() const { return bytes_; }
+
+ private:
+  void* data_ = nullptr;
+  uint64_t bytes_ = 0;
+};
+
+// Copies between host and device (either direction, or device to device) and waits for the copy.
+Status copy(void* dst, const void* src, uint64_t bytes, Stream stream);
+Status synchronize(Stream stream);
+
+// One tensor to diff: numel elements of dtype at base and at target.
+struct DiffInput {
+  const void* base = nullptr;
+  const void* target = nullptr;
+  DType dtype = DType::kU8;
+  uint64_t numel = 0;
+};
+
+// The changes of several tensors, resident on the device in one set of buffers: per tensor, ascending
+// tensor-local positions and the base and target values there. Produced by Differ.
+struct DeviceChangeSet {
+  struct Entry {
+    DType dtype = DType::kU8;
+    uint64_t numel = 0;         // elements of the tensor
+    uint64_t first_change = 0;  // its first entry in `positions`
+    uint64_t count = 0;         // its changed elements
+    uint64_t value_byte = 0;    // where its values start in base_values and target_values (8-aligned)
+  };
+  std::vector<Entry> tensors;  // in the order of the diff's inputs
+  uint64_t total = 0;          // changes over all tensors
+  DeviceBuffer positions;      // total uint64_t
+  DeviceBuffer base_values;
+  DeviceBuffer target_values;
+};
+
+// The changes of one tensor, copied to the host.
+struct HostChanges {
+  std::vector<uint64_t> positions;
+  std::vector<std::byte> base_values;
+  std::vector<std::byte> target_values;
+};
+
+// Exact diff on the device (bitwise, like diff_elements) of many tensors at once. Pass 1, one launch over
+// the tiles of all tensors, reads base and target once and writes a bitmask of changed elements and a count
+// per tile; a scan places every tile's changes; pass 2, one launch, reads the bitmask alone and writes
+// positions in ascending order and gathers the values. One host synchronization per call (to size the
+// outputs). Keeps its scratch between calls; one Differ per thread.
+class Differ {
+ public:
+  Differ();
+  ~Differ();
+  Differ(Differ&&) noexcept;
+  Differ& operator=(Differ&&) noexcept;
+
+  // Pointers must be aligned to their elements (16-byte alignment takes the vectorized path).
+  Result<DeviceChangeSet> diff(std::span<const DiffInput> tensors, Stream stream);
+  // Copies only the changes to the host, one HostChanges per tensor.
+  static Result<std::vector<HostChanges>> to_host(const DeviceChangeSet& changes, Stream stream);
+
+ private:
+  struct Scratch;
+  std::unique_ptr<Scratch> scratch_;
+};
+
+// Writes the target values of `changes` into `tensors` (a snapshot kept on the device or in pinned host
+// memory; the same order and shapes as the diff's inputs), bringing it from base to target in O(changes).
+Status apply_changes(std::span<const DeviceTensor> tensors, const DeviceChangeSet& changes, Stream stream);
+
+struct ApplyTensorStats {
+  uint64_t changes = 0;         // elements written by scatter
+  uint64_t uploaded_bytes = 0;  // host-to-device bytes (operands and positions, or the whole tensor)
+};
+
+// Applies one tensor of a patch to a device tensor in place. The payload is decoded on the host, fully and
+// with every check of the CPU path, before anything is written: the device receives positions and operands
+// (new values, XOR masks or native key distances) and a kernel scatters them where the tensor lives. Whole
+// tensors (full encoding) are copied. Returns when the tensor is written. Payload hashes are the caller's to
+// check (Patch::verify_payload_hashes); the native class layout, which finds positions by scanning the
+// base, is E_UNSUPPORTED here.
+Result<ApplyTensorStats> apply_tensor(const Patch& patch, const PatchTensor& tensor, const DeviceTensor& dst,
+                                      Stream stream);
+
+}  // namespace dws::gpu

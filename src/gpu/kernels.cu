@@ -1,0 +1,425 @@
+// kernels.cu — CUDA kernels of the GPU path and the runtime calls around them (see kernels.h).
+//
+// Diff, pass 1 (diff_mask_kernel): one block per tile of 16 KiB of each input. Each thread issues four
+// 16-byte streaming loads of base and four of target before comparing (memory-level parallelism), turns
+// each vector into one bit per element and ORs them into the tile's bitmask in shared memory, which is then
+// written out with the tile's change count. Inputs are read exactly once.
+// Scan: an exclusive sum over the tile counts (CUB) gives each tile's first output slot and the total.
+// Pass 2 (diff_compact_kernel): per tile with changes, each thread takes a run of mask words, a block scan
+// of their popcounts gives its output slot, and it writes positions in ascending order and gathers the
+// base and target values there. It reads the bitmask (1/8 bit per input bit) and the changed elements.
+#include <cuda_runtime.h>
+
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+#include <cub/device/device_scan.cuh>
+
+#include <algorithm>
+#include <string>
+
+#include "codec/element_key.h"
+#include "gpu/kernels.h"
+
+namespace dws::gpu::detail {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kVectorsPerThread = 4;
+constexpr int kTileBytes = kThreads * kVectorsPerThread * 16;  // per input
+
+template <int W>
+struct Elem;
+template <>
+struct Elem<1> { using T = uint8_t; };
+template <>
+struct Elem<2> { using T = uint16_t; };
+template <>
+struct Elem<4> { using T = uint32_t; };
+template <>
+struct Elem<8> { using T = unsigned long long; };
+
+Status cuda_error(const char* call, cudaError_t e) {
+  return make_error(ErrorCode::kDevice, std::string(call) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+}
+
+#define DWS_CUDA(call)                                    \
+  do {                                                    \
+    const cudaError_t dws_cuda_e_ = (call);               \
+    if (dws_cuda_e_ != cudaSuccess) return cuda_error(#call, dws_cuda_e_); \
+  } while (0)
+
+cudaStream_t as_stream(Stream s) { return static_cast<cudaStream_t>(s); }
+
+// One bit per element of a 16-byte vector pair: bit j set when element j differs.
+template <int W>
+__device__ __forceinline__ uint32_t vector_diff_bits(const uint4& a, const uint4& b) {
+  const uint32_t x[4] = {a.x ^ b.x, a.y ^ b.y, a.z ^ b.z, a.w ^ b.w};
+  uint32_t bits = 0;
+#pragma unroll
+  for (int j = 0; j < 16 / W; ++j) {
+    uint32_t differs;
+    if constexpr (W == 8) {
+      differs = x[2 * j] | x[2 * j + 1];
+    } else if constexpr (W == 4) {
+      differs = x[j];
+    } else {
+      differs = (x[(j * W) / 4] >> (((j * W) % 4) * 8)) & ((1u << (8 * W)) - 1);
+    }
+    bits |= (differs != 0 ? 1u : 0u) << j;
+  }
+  return bits;
+}
+
+// The tensor a global tile belongs to: the last entry whose first_tile <= tile.
+__device__ __forceinline__ uint32_t tensor_of_tile(const DiffTensor* table, uint32_t tensors, uint64_t tile) {
+  uint32_t lo = 0, hi = tensors - 1;
+  while (lo < hi) {
+    const uint32_t mid = (lo + hi + 1) / 2;
+    if (table[mid].first_tile <= tile) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+template <int W>
+__device__ __forceinline__ void mask_tile(const DiffTensor& t, uint64_t local_tile, uint32_t* tile_mask,
+                                          uint32_t* __restrict__ mask_out, unsigned long long* count_out) {
+  constexpr int kPerVector = 16 / W;
+  constexpr int kTileElems = kTileBytes / W;
+  constexpr int kWords = kTileElems / 32;
+  using Reduce = cub::BlockReduce<unsigned long long, kThreads>;
+  __shared__ typename Reduce::TempStorage reduce_storage;
+  const auto* base = static_cast<const uint8_t*>(t.base);
+  const auto* target = static_cast<const uint8_t*>(t.target);
+  const uint64_t first = local_tile * kTileElems;
+  for (int i = threadIdx.x; i < kWords; i += kThreads) tile_mask[i] = 0;
+  __syncthreads();
+
+  uint4 a[kVectorsPerThread], b[kVectorsPerThread];
+  bool whole[kVectorsPerThread];
+#pragma unroll
+  for (int k = 0; k < kVectorsPerThread; ++k) {
+    const uint64_t e = first + static_cast<uint64_t>(k * kThreads + threadIdx.x) * kPerVector;
+    whole[k] = t.vectorized && e + kPerVector <= t.numel;
+    if (whole[k]) {
+      a[k] = __ldcs(reinterpret_cast<const uint4*>(base + e * W));
+      b[k] = __ldcs(reinterpret_cast<const uint4*>(target + e * W));
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kVectorsPerThread; ++k) {
+    const int v = k * kThreads + threadIdx.x;
+    const uint64_t e = first + static_cast<uint64_t>(v) * kPerVector;
+    uint32_t bits = 0;
+    if (whole[k]) {
+      bits = vector_diff_bits<W>(a[k], b[k]);
+    } else {
+      for (int j = 0; j < kPerVector && e + j < t.numel; ++j) {
+        bool differs = false;
+        for (int byte = 0; byte < W; ++byte) differs |= base[(e + j) * W + byte] != target[(e + j) * W + byte];
+        bits |= (differs ? 1u : 0u) << j;
+      }
+    }
+    if (bits != 0) atomicOr(&tile_mask[(v * kPerVector) / 32], bits << ((v * kPerVector) % 32));
+  }
+  __syncthreads();
+  unsigned long long count = 0;
+  for (int i = threadIdx.x; i < kWords; i += kThreads) {
+    const uint32_t word = tile_mask[i];
+    mask_out[i] = word;
+    count += __popc(word);
+  }
+  const unsigned long long total = Reduce(reduce_storage).Sum(count);
+  if (threadIdx.x == 0) *count_out = total;
+}
+
+__global__ void __launch_bounds__(kThreads) diff_mask_kernel(const DiffTensor* __restrict__ table, uint32_t tensors,
+                                                             uint64_t tiles, uint32_t* __restrict__ mask,
+                                                             unsigned long long* __restrict__ counts) {
+  __shared__ uint32_t tile_mask[kTileBytes / 32];  // one bit per element of the widest tile (1-byte elements)
+  const uint64_t tile = blockIdx.x;
+  if (tile == 0 && threadIdx.x == 0) counts[tiles] = 0;  // the scan's extra slot: its result is the total
+  const DiffTensor& t = table[tensor_of_tile(table, tensors, tile)];
+  const uint64_t local = tile - t.first_tile;
+  const uint64_t words = static_cast<uint64_t>(kTileBytes / t.elem_size / 32);
+  uint32_t* out = mask + t.first_word + local * words;
+  switch (t.elem_size) {
+    case 1: mask_tile<1>(t, local, tile_mask, out, counts + tile); break;
+    case 2: mask_tile<2>(t, local, tile_mask, out, counts + tile); break;
+    case 4: mask_tile<4>(t, local, tile_mask, out, counts + tile); break;
+    default: mask_tile<8>(t, local, tile_mask, out, counts + tile); break;
+  }
+}
+
+__global__ void tensor_starts_kernel(const DiffTensor* __restrict__ table, uint32_t tensors, uint64_t tiles,
+                                     const unsigned long long* __restrict__ offsets, unsigned long long* __restrict__ starts) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i <= tensors; i += gridDim.x * blockDim.x) {
+    starts[i] = offsets[i < tensors ? table[i].first_tile : tiles];
+  }
+}
+
+template <int W>
+__device__ __forceinline__ void compact_tile(const DiffTensor& t, uint64_t local_tile, const uint32_t* __restrict__ mask,
+                                             uint64_t out, uint64_t tensor_start, unsigned long long* __restrict__ positions,
+                                             uint8_t* __restrict__ base_values, uint8_t* __restrict__ target_values) {
+  using T = typename Elem<W>::T;
+  constexpr int kTileElems = kTileBytes / W;
+  constexpr int kWords = kTileElems / 32;
+  constexpr int kWordsPerThread = kWords >= kThreads ? kWords / kThreads : 1;
+  using Scan = cub::BlockScan<uint32_t, kThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  const int w0 = threadIdx.x * kWordsPerThread;
+  uint32_t words[kWordsPerThread];
+  uint32_t count = 0;
+#pragma unroll
+  for (int k = 0; k < kWordsPerThread; ++k) {
+    words[k] = w0 + k < kWords ? mask[w0 + k] : 0u;
+    count += __popc(words[k]);
+  }
+  uint32_t before = 0;
+  Scan(scan_storage).ExclusiveSum(count, before);
+  out += before;
+  const T* b = static_cast<const T*>(t.base);
+  const T* g = static_cast<const T*>(t.target);
+  T* bv = reinterpret_cast<T*>(base_values + t.value_byte);  // the tensor's values (value_byte is 8-aligned)
+  T* tv = reinterpret_cast<T*>(target_values + t.value_byte);
+#pragma unroll
+  for (int k = 0; k < kWordsPerThread; ++k) {
+    for (uint32_t bits = words[k]; bits != 0; bits &= bits - 1) {
+      const uint64_t p = local_tile * kTileElems + static_cast<uint64_t>(w0 + k) * 32 + (__ffs(bits) - 1);
+      positions[out] = p;
+      bv[out - tensor_start] = b[p];
+      tv[out - tensor_start] = g[p];
+      ++out;
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) diff_compact_kernel(
+    const DiffTensor* __restrict__ table, uint32_t tensors, const uint32_t* __restrict__ mask,
+    const unsigned long long* __restrict__ counts, const unsigned long long* __restrict__ offsets,
+    const unsigned long long* __restrict__ starts, unsigned long long* __restrict__ positions,
+    uint8_t* __restrict__ base_values, uint8_t* __restrict__ target_values) {
+  const uint64_t tile = blockIdx.x;
+  if (counts[tile] == 0) return;
+  const uint32_t i = tensor_of_tile(table, tensors, tile);
+  const DiffTensor& t = table[i];
+  const uint64_t local = tile - t.first_tile;
+  const uint64_t words = static_cast<uint64_t>(kTileBytes / t.elem_size / 32);
+  const uint32_t* m = mask + t.first_word + local * words;
+  switch (t.elem_size) {
+    case 1: compact_tile<1>(t, local, m, offsets[tile], starts[i], positions, base_values, target_values); break;
+    case 2: compact_tile<2>(t, local, m, offsets[tile], starts[i], positions, base_values, target_values); break;
+    case 4: compact_tile<4>(t, local, m, offsets[tile], starts[i], positions, base_values, target_values); break;
+    default: compact_tile<8>(t, local, m, offsets[tile], starts[i], positions, base_values, target_values); break;
+  }
+}
+
+template <int W, codec::ChangeOp kOp, bool kFloat>
+__global__ void scatter_kernel(uint8_t* __restrict__ tensor, const unsigned long long* __restrict__ positions,
+                               const uint8_t* __restrict__ operands, uint64_t n) {
+  using T = typename Elem<W>::T;
+  T* out = reinterpret_cast<T*>(tensor);
+  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
+    const uint64_t p = positions[i];
+    if constexpr (kOp == codec::ChangeOp::kSet) {
+      out[p] = reinterpret_cast<const T*>(operands)[i];
+    } else if constexpr (kOp == codec::ChangeOp::kXor) {
+      out[p] ^= reinterpret_cast<const T*>(operands)[i];
+    } else {
+      const uint64_t zz = reinterpret_cast<const unsigned long long*>(operands)[i];
+      out[p] = static_cast<T>(codec::native::add_key_distance<W, kFloat>(static_cast<uint64_t>(out[p]), zz));
+    }
+  }
+}
+
+int multiprocessors() {
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    return 1;
+  }
+  return std::max(sms, 1);
+}
+
+// Calls fn.template operator()<W>() for an element width of 1, 2, 4 or 8 bytes.
+template <typename Fn>
+Status by_width(size_t w, Fn&& fn) {
+  switch (w) {
+    case 1: return fn.template operator()<1>();
+    case 2: return fn.template operator()<2>();
+    case 4: return fn.template operator()<4>();
+    case 8: return fn.template operator()<8>();
+    default: return make_error(ErrorCode::kInvalidArgument, "element width " + std::to_string(w) + " is not 1, 2, 4 or 8");
+  }
+}
+
+}  // namespace
+
+bool available() { return true; }
+
+Status device_count(int* count) {
+  const cudaError_t e = cudaGetDeviceCount(count);
+  if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver) {
+    *count = 0;
+    (void)cudaGetLastError();
+    return Status::Ok();
+  }
+  DWS_CUDA(e);
+  return Status::Ok();
+}
+
+Status device_info(int ordinal, DeviceInfo* info) {
+  cudaDeviceProp p{};
+  DWS_CUDA(cudaGetDeviceProperties(&p, ordinal));
+  info->ordinal = ordinal;
+  info->name = p.name;
+  info->multiprocessors = p.multiProcessorCount;
+  info->memory_bytes = p.totalGlobalMem;
+  info->compute_major = p.major;
+  info->compute_minor = p.minor;
+  return Status::Ok();
+}
+
+Status set_device(int ordinal) {
+  DWS_CUDA(cudaSetDevice(ordinal));
+  return Status::Ok();
+}
+
+Status malloc_device(void** ptr, uint64_t bytes) {
+  DWS_CUDA(cudaMalloc(ptr, std::max<uint64_t>(bytes, 1)));
+  return Status::Ok();
+}
+void free_device(void* ptr) { (void)cudaFree(ptr); }
+
+Status malloc_pinned(void** ptr, uint64_t bytes) {
+  DWS_CUDA(cudaMallocHost(ptr, std::max<uint64_t>(bytes, 1)));
+  return Status::Ok();
+}
+void free_pinned(void* ptr) { (void)cudaFreeHost(ptr); }
+
+Status copy_async(void* dst, const void* src, uint64_t bytes, Stream stream) {
+  if (bytes == 0) return Status::Ok();
+  DWS_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, as_stream(stream)));
+  return Status::Ok();
+}
+
+Status sync(Stream stream) {
+  DWS_CUDA(cudaStreamSynchronize(as_stream(stream)));
+  return Status::Ok();
+}
+
+uint64_t diff_tile_elems(size_t elem_size) { return kTileBytes / elem_size; }
+
+namespace {
+uint64_t round_up(uint64_t bytes) { return (bytes + 255) / 256 * 256; }
+
+struct DiffScratch {
+  DiffTensor* table;
+  uint32_t* mask;
+  unsigned long long* counts;
+  unsigned long long* offsets;
+  unsigned long long* starts;
+  void* scan;
+};
+
+DiffScratch carve(void* scratch, const DiffPlan& plan) {
+  auto* p = static_cast<uint8_t*>(scratch);
+  DiffScratch s{};
+  s.table = reinterpret_cast<DiffTensor*>(p);
+  p += plan.table_bytes;
+  s.mask = reinterpret_cast<uint32_t*>(p);
+  p += plan.mask_bytes;
+  s.counts = reinterpret_cast<unsigned long long*>(p);
+  p += plan.counts_bytes;
+  s.offsets = reinterpret_cast<unsigned long long*>(p);
+  p += plan.counts_bytes;
+  s.starts = reinterpret_cast<unsigned long long*>(p);
+  p += plan.starts_bytes;
+  s.scan = p;
+  return s;
+}
+}  // namespace
+
+DiffPlan diff_plan(uint64_t tensors, uint64_t tiles, uint64_t mask_words) {
+  DiffPlan plan;
+  plan.tensors = tensors;
+  plan.tiles = tiles;
+  plan.mask_words = mask_words;
+  plan.table_bytes = round_up(tensors * sizeof(DiffTensor));
+  plan.mask_bytes = round_up(mask_words * sizeof(uint32_t));
+  plan.counts_bytes = round_up((tiles + 1) * sizeof(unsigned long long));
+  plan.starts_bytes = round_up((tensors + 1) * sizeof(unsigned long long));
+  size_t scan = 0;
+  (void)cub::DeviceScan::ExclusiveSum(nullptr, scan, static_cast<unsigned long long*>(nullptr),
+                                      static_cast<unsigned long long*>(nullptr), static_cast<int64_t>(tiles + 1));
+  plan.scan_bytes = round_up(scan);
+  return plan;
+}
+
+Status diff_count(const DiffTensor* table, const DiffPlan& plan, void* scratch, uint64_t* starts, Stream stream) {
+  if (plan.tiles == 0) {
+    for (uint64_t i = 0; i <= plan.tensors; ++i) starts[i] = 0;
+    return Status::Ok();
+  }
+  if (plan.tiles > 0x7FFFFFFFull || plan.tensors > 0xFFFFFFFFull) {
+    return make_error(ErrorCode::kInvalidArgument, "diff: " + std::to_string(plan.tiles) + " tiles exceed one launch");
+  }
+  const DiffScratch s = carve(scratch, plan);
+  cudaStream_t st = as_stream(stream);
+  DWS_CUDA(cudaMemcpyAsync(s.table, table, plan.tensors * sizeof(DiffTensor), cudaMemcpyHostToDevice, st));
+  diff_mask_kernel<<<static_cast<unsigned>(plan.tiles), kThreads, 0, st>>>(s.table, static_cast<uint32_t>(plan.tensors),
+                                                                           plan.tiles, s.mask, s.counts);
+  DWS_CUDA(cudaGetLastError());
+  size_t scan_bytes = plan.scan_bytes;
+  DWS_CUDA(cub::DeviceScan::ExclusiveSum(s.scan, scan_bytes, s.counts, s.offsets, static_cast<int64_t>(plan.tiles + 1), st));
+  tensor_starts_kernel<<<static_cast<unsigned>((plan.tensors + 1 + kThreads - 1) / kThreads), kThreads, 0, st>>>(
+      s.table, static_cast<uint32_t>(plan.tensors), plan.tiles, s.offsets, s.starts);
+  DWS_CUDA(cudaGetLastError());
+  DWS_CUDA(cudaMemcpyAsync(starts, s.starts, (plan.tensors + 1) * sizeof(uint64_t), cudaMemcpyDeviceToHost, st));
+  DWS_CUDA(cudaStreamSynchronize(st));
+  return Status::Ok();
+}
+
+Status diff_compact(const DiffTensor* table, const DiffPlan& plan, void* scratch, uint64_t* positions,
+                    void* base_values, void* target_values, Stream stream) {
+  if (plan.tiles == 0) return Status::Ok();
+  const DiffScratch s = carve(scratch, plan);
+  cudaStream_t st = as_stream(stream);
+  DWS_CUDA(cudaMemcpyAsync(s.table, table, plan.tensors * sizeof(DiffTensor), cudaMemcpyHostToDevice, st));
+  diff_compact_kernel<<<static_cast<unsigned>(plan.tiles), kThreads, 0, st>>>(
+      s.table, static_cast<uint32_t>(plan.tensors), s.mask, s.counts, s.offsets, s.starts,
+      reinterpret_cast<unsigned long long*>(positions), static_cast<uint8_t*>(base_values),
+      static_cast<uint8_t*>(target_values));
+  DWS_CUDA(cudaGetLastError());
+  return Status::Ok();
+}
+
+Status scatter(void* tensor, DType dtype, codec::ChangeOp op, const uint64_t* positions, const void* operands,
+               uint64_t n, Stream stream) {
+  if (n == 0) return Status::Ok();
+  const uint64_t wanted = (n + kThreads - 1) / kThreads;
+  const unsigned blocks = static_cast<unsigned>(std::min<uint64_t>(wanted, static_cast<uint64_t>(multiprocessors()) * 16));
+  const bool is_float = dtype_is_float(dtype);
+  auto* t = static_cast<uint8_t*>(tensor);
+  const auto* p = reinterpret_cast<const unsigned long long*>(positions);
+  const auto* o = static_cast<const uint8_t*>(operands);
+  return by_width(dtype_size_bytes(dtype), [&]<int W>() -> Status {
+    cudaStream_t s = as_stream(stream);
+    switch (op) {
+      case codec::ChangeOp::kSet: scatter_kernel<W, codec::ChangeOp::kSet, false><<<blocks, kThreads, 0, s>>>(t, p, o, n); break;
+      case codec::ChangeOp::kXor: scatter_kernel<W, codec::ChangeOp::kXor, false><<<blocks, kThreads, 0, s>>>(t, p, o, n); break;
+      case codec::ChangeOp::kAddKey:
+        if (is_float) {
+          scatter_kernel<W, codec::ChangeOp::kAddKey, true><<<blocks, kThreads, 0, s>>>(t, p, o, n);
+        } else {
+          scatter_kernel<W, codec::ChangeOp::kAddKey, false><<<blocks, kThreads, 0, s>>>(t, p, o, n);
+        }
+        break;
+    }
+    DWS_CUDA(cudaGetLastError());
+    return Status::Ok();
+  });
+}
+
+}  // namespace dws::gpu::detail

@@ -1,0 +1,70 @@
+// kernels.h — the CUDA side of dws::gpu behind a CUDA-free interface (internal).
+//
+// kernels.cu implements it when the build has CUDA; kernels_stub.cc otherwise, returning E_UNSUPPORTED.
+// Every function that can fail returns E_DEVICE with the CUDA error's name and the call that failed.
+#pragma once
+
+#include <cstdint>
+
+#include "codec/codecs.h"
+#include "dws/gpu.h"
+
+namespace dws::gpu::detail {
+
+inline constexpr const char* kNoCuda = "built without CUDA (configure with the CUDA toolkit and -DDWS_CUDA=ON)";
+
+bool available();
+Status device_count(int* count);
+Status device_info(int ordinal, DeviceInfo* info);
+Status set_device(int ordinal);
+
+Status malloc_device(void** ptr, uint64_t bytes);
+void free_device(void* ptr);
+Status malloc_pinned(void** ptr, uint64_t bytes);
+void free_pinned(void* ptr);
+Status copy_async(void* dst, const void* src, uint64_t bytes, Stream stream);
+Status sync(Stream stream);
+
+// A diff of many tensors runs as one launch per pass over all their tiles (16 KiB of each input per tile).
+// The host builds this table; the kernels find a tile's tensor by binary search over first_tile.
+struct DiffTensor {
+  const void* base = nullptr;
+  const void* target = nullptr;
+  uint64_t numel = 0;
+  uint64_t first_tile = 0;   // global index of the tensor's first tile
+  uint64_t first_word = 0;   // its first 32-bit word in the bitmask
+  uint64_t value_byte = 0;   // where its values start in the value arrays, 8-aligned (set between the passes)
+  uint32_t elem_size = 0;
+  uint32_t vectorized = 0;   // both inputs 16-byte aligned
+};
+
+uint64_t diff_tile_elems(size_t elem_size);  // elements per tile
+
+// Scratch of a diff over `tiles` tiles and `mask_words` bitmask words of `tensors` tensors.
+struct DiffPlan {
+  uint64_t tensors = 0;
+  uint64_t tiles = 0;
+  uint64_t mask_words = 0;
+  uint64_t table_bytes = 0;   // the DiffTensor table
+  uint64_t mask_bytes = 0;
+  uint64_t counts_bytes = 0;  // per tile, plus one so that the exclusive scan's last entry is the total
+  uint64_t starts_bytes = 0;  // per tensor plus one: index of its first change
+  uint64_t scan_bytes = 0;
+  uint64_t total_bytes() const { return table_bytes + mask_bytes + 2 * counts_bytes + starts_bytes + scan_bytes; }
+};
+DiffPlan diff_plan(uint64_t tensors, uint64_t tiles, uint64_t mask_words);
+
+// Pass 1 and the scan over all tensors: uploads the table, fills the scratch and writes each tensor's first
+// change index (tensors + 1 entries, the last = all changes) to host `starts`; synchronizes.
+Status diff_count(const DiffTensor* table, const DiffPlan& plan, void* scratch, uint64_t* starts, Stream stream);
+// Pass 2: with value_byte now set in `table`, writes every tensor's ascending positions (tensor-local) and
+// the base and target values there into arrays sized by diff_count's totals.
+Status diff_compact(const DiffTensor* table, const DiffPlan& plan, void* scratch, uint64_t* positions,
+                    void* base_values, void* target_values, Stream stream);
+
+// tensor[positions[i]] = op(tensor[positions[i]], operands[i]) for i < n; positions are unique and in
+// range (the caller validated them). Matches codec::apply_operands bit for bit.
+Status scatter(void* tensor, DType dtype, codec::ChangeOp op, const uint64_t* positions, const void* operands,
+               uint64_t n, Stream stream);
+
+}  // namespace dws::gpu::detail
