@@ -493,3 +493,118 @@ TEST(Manifest, RefusesHostileFoldManifests) {
 
 }  // namespace
 }  // namespace dws
+
+// ---- several writers ----
+
+namespace dws {
+namespace {
+
+// Writes step s of the trajectory as two halves: even-indexed tensors (by name) for writer 0, odd for 1.
+std::vector<std::string> split_step(const TempDir& dir, int s) {
+  auto cp = Checkpoint::open(test::trajectory_step(s));
+  EXPECT_TRUE(cp.ok());
+  std::vector<test::HostTensor> halves[2];
+  for (size_t i = 0; i < cp->tensors().size(); ++i) {
+    const CheckpointTensor& t = cp->tensors()[i];
+    auto bytes = cp->bytes(t);
+    halves[i % 2].push_back({t.name, t.dtype, t.shape, std::vector<std::byte>(bytes.begin(), bytes.end())});
+  }
+  std::vector<std::string> paths;
+  for (int w = 0; w < 2; ++w) {
+    paths.push_back(dir / ("step" + std::to_string(s) + "-w" + std::to_string(w) + ".safetensors"));
+    EXPECT_TRUE(test::write_tensors(paths.back(), halves[w]).ok());
+  }
+  return paths;
+}
+
+class SyncWriters : public Sync {
+ protected:
+  Result<PublishResult> publish_half(int step, uint32_t writer) {
+    PublishOptions o;
+    o.writers = 2;
+    o.writer_index = writer;
+    o.anchor_every = 3;
+    o.snapshot_path = dir_ / ("snapshot-w" + std::to_string(writer));
+    o.patch.threads = 2;
+    return publish(*store_, split_step(dir_, step)[writer], o);
+  }
+};
+
+TEST_F(SyncWriters, AVersionAppearsOnlyWhenBothHalvesAreInAndPullsBitIdentical) {
+  for (int s = 0; s <= 5; ++s) {
+    const uint32_t first = static_cast<uint32_t>(s % 2);  // alternate which writer finishes the version
+    auto a = publish_half(s, first);
+    ASSERT_TRUE(a.ok()) << "step " << s << ": " << a.status().to_string();
+    EXPECT_FALSE(a->committed);
+    EXPECT_EQ(a->version, static_cast<uint64_t>(s));
+    auto versions = list_versions(*store_);
+    ASSERT_TRUE(versions.ok());
+    EXPECT_EQ(versions->size(), static_cast<size_t>(s)) << "version " << s << " is visible with one half in";
+    // The same writer cannot run ahead of the version it is part of.
+    auto again = publish_half(s, first);
+    EXPECT_EQ(again.status().code(), ErrorCode::kExists) << again.status().to_string();
+    auto b = publish_half(s, 1 - first);
+    ASSERT_TRUE(b.ok()) << "step " << s << ": " << b.status().to_string();
+    EXPECT_TRUE(b->committed);
+    EXPECT_EQ(b->version, static_cast<uint64_t>(s));
+    auto m = read_manifest(*store_, static_cast<uint64_t>(s));
+    ASSERT_TRUE(m.ok()) << m.status().to_string();
+    EXPECT_EQ(m->writers, 2u);
+    EXPECT_EQ(m->has_anchor, s % 3 == 0);
+    EXPECT_EQ(m->base_version.has_value(), s > 0);
+    EXPECT_EQ(m->state_digest, state_of(test::trajectory_step(s))) << "the merged digest is the whole model's";
+  }
+  // Receivers from every starting version, through deltas and anchors, end bit-identical to step 5.
+  for (int from = -1; from <= 4; ++from) {
+    const std::string local = from < 0 ? dir_ / "fresh" : local_at(from, "from" + std::to_string(from));
+    auto r = pull(*store_, local, {});
+    ASSERT_TRUE(r.ok()) << "from " << from << ": " << r.status().to_string();
+    EXPECT_EQ(r->version, 5u);
+    EXPECT_TRUE(test::same_tensors(local, test::trajectory_step(5))) << "from " << from;
+  }
+  auto report = verify_store(*store_, std::nullopt, true, 2);
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->problems.empty()) << report->problems.front();
+}
+
+TEST_F(SyncWriters, AMergerThatDiedIsReplacedByTheNextPublish) {
+  ASSERT_TRUE(publish_half(0, 0).ok());
+  ASSERT_TRUE(publish_half(0, 1).ok());
+  ASSERT_TRUE(publish_half(1, 0).ok());
+  ASSERT_TRUE(publish_half(1, 1).ok());
+  // Version 1's merger dies before its commit: both parts are in, the manifest is not.
+  ASSERT_TRUE(store_->remove(object_key(1, "delta")).ok());
+  ASSERT_TRUE(store_->remove("versions/00000000000000000001/manifest.json").ok());
+  ASSERT_EQ(list_versions(*store_)->size(), 1u);
+  // The next publish finishes version 1 first, then sends its part of version 2.
+  auto r = publish_half(2, 1);
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_EQ(r->version, 2u);
+  EXPECT_FALSE(r->committed);
+  ASSERT_EQ(list_versions(*store_)->size(), 2u);
+  ASSERT_TRUE(publish_half(2, 0).ok());
+  auto pulled = pull(*store_, dir_ / "recv", {});
+  ASSERT_TRUE(pulled.ok()) << pulled.status().to_string();
+  EXPECT_EQ(pulled->version, 2u);
+  EXPECT_TRUE(test::same_tensors(dir_ / "recv", test::trajectory_step(2)));
+}
+
+TEST_F(SyncWriters, DisagreeingWriterCountsAndOverlappingTensorsAreRefused) {
+  ASSERT_TRUE(publish_half(0, 0).ok());
+  PublishOptions o;
+  o.writers = 3;
+  o.writer_index = 1;
+  o.snapshot_path = dir_ / "snap3";
+  auto r = publish(*store_, split_step(dir_, 0)[1], o);
+  EXPECT_EQ(r.status().code(), ErrorCode::kInvalidArgument) << r.status().to_string();
+  // Writer 1 sending writer 0's tensors: the merge finds the same names twice.
+  o.writers = 2;
+  r = publish(*store_, split_step(dir_, 0)[0], o);
+  EXPECT_EQ(r.status().code(), ErrorCode::kDuplicate) << r.status().to_string();
+  EXPECT_TRUE(list_versions(*store_)->empty());
+  o.writer_index = 2;
+  EXPECT_EQ(publish(*store_, split_step(dir_, 0)[1], o).status().code(), ErrorCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace dws

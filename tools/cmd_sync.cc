@@ -65,10 +65,20 @@ int cmd_publish(const SyncCommands& c, size_t threads, bool quiet) {
     return fail(make_error(ErrorCode::kInvalidArgument, "--encoding '" + c.encoding + "' is not one of auto, native, indices, gaps, gaps_zstd, xor_zstd"));
   }
   PublishOptions o;
+  if (!c.writer.empty()) {
+    unsigned i = 0, k = 0;
+    char tail = 0;
+    if (std::sscanf(c.writer.c_str(), "%u/%u%c", &i, &k, &tail) != 2 || k < 2 || i >= k) {
+      return fail(make_error(ErrorCode::kInvalidArgument, "--writer '" + c.writer + "' is not I/K with 0 <= I < K and K >= 2"));
+    }
+    o.writer_index = i;
+    o.writers = k;
+  }
   o.anchor_every = c.anchor_every;
   o.anchor = c.anchor;
   o.max_delta_density = c.max_delta_density;
   o.snapshot_path = c.snapshot.empty() ? default_snapshot(**store) : c.snapshot;
+  if (c.snapshot.empty() && o.writers > 1) o.snapshot_path += "-writer" + std::to_string(o.writer_index);
   o.patch.encoding = *enc;
   o.patch.threads = threads;
   o.notify_urls = c.notify_urls;
@@ -90,8 +100,14 @@ int cmd_publish(const SyncCommands& c, size_t threads, bool quiet) {
       what = buf;
     }
     if (r->has_anchor) what += (what.empty() ? "" : " + ") + std::string("anchor ") + human_bytes(r->anchor_bytes);
-    std::printf("published version %llu to %s: %s; state %s (%.2fs)\n", static_cast<unsigned long long>(r->version),
-                (*store)->describe().c_str(), what.c_str(), r->state_digest.c_str(), seconds_since(t0));
+    if (r->committed) {
+      std::printf("published version %llu to %s: %s; state %s (%.2fs)\n", static_cast<unsigned long long>(r->version),
+                  (*store)->describe().c_str(), what.c_str(), r->state_digest.c_str(), seconds_since(t0));
+    } else {
+      std::printf("sent writer %u's part of version %llu to %s: %s; the version commits when every writer's part is in (%.2fs)\n",
+                  o.writer_index, static_cast<unsigned long long>(r->version), (*store)->describe().c_str(), what.c_str(),
+                  seconds_since(t0));
+    }
   }
   for (const auto& f : r->notify_failures) std::fprintf(stderr, "dws: warning: notify %s (receivers will find the version by polling)\n", f.c_str());
   return kExitOk;
@@ -258,6 +274,9 @@ void add_sync_commands(CLI::App& app, SyncCommands& c) {
   c.publish->add_option("--snapshot", c.snapshot,
                         "Publisher's copy of the last published state, diffed against (default: ~/.cache/dws/publisher-<store id>)");
   c.publish->add_option("--encoding", c.encoding, "Delta encoding (as dws diff)")->capture_default_str();
+  c.publish->add_option("--writer", c.writer,
+                        "I/K: this is writer I (from 0) of K, publishing its own tensors as one file; the version commits "
+                        "when all K parts are in");
   c.publish->add_option("--notify", c.notify_urls, "Receiver URL to poke after the commit, e.g. http://host:8765 (repeatable)");
   c.publish->add_option("--notify-token-file", c.token_file, "File holding the shared notification token (else $DWS_NOTIFY_TOKEN)");
   c.publish->add_option("--max-delta-density", c.max_delta_density,

@@ -21,6 +21,7 @@ struct SyncCommands {
   bool dry_run = false;
   std::string store, checkpoint, snapshot, encoding = "auto";
   uint64_t anchor_every = 16;
+  std::string writer;  // "I/K"; empty: the only writer
   bool anchor = false;
   double max_delta_density = 0.5;
   std::optional<uint64_t> version;

@@ -38,6 +38,7 @@ struct VersionManifest {
   std::optional<uint64_t> base_version;  // the delta's base (version − 1); nullopt without a delta
   bool has_anchor = false;
   bool sharded = false;                   // the anchor is a sharded directory
+  uint32_t writers = 1;                   // parts merged into this version (one shard per writer when > 1)
   std::string base_state_digest;          // with a delta: the state it applies to
   std::string state_digest;               // the state this version ends at
   uint64_t changes = 0;                   // delta: changed elements
@@ -67,6 +68,14 @@ struct PublishOptions {
   // checkpoint that does not descend from the last version: E_BASE_MISMATCH unless `anchor`.
   double max_delta_density = 0.5;
   CreatePatchOptions patch;     // encoding, threads
+  // Several writers (trainer ranks): this publisher is writer `writer_index` of `writers` and publishes
+  // only its own tensors, as a single safetensors file. Each writer commits its part of the version; the
+  // writer that completes the set merges the parts and commits the version, which becomes visible only
+  // then. Receivers see shard "part-<I>-of-<K>.safetensors" per writer plus an index. The snapshot is
+  // then a directory (the whole model). Writers publish in lockstep: a writer's part of N+1 waits for
+  // version N to commit (E_EXISTS until then). A checkpoint that does not descend is E_BASE_MISMATCH.
+  uint32_t writers = 1;
+  uint32_t writer_index = 0;
   // Receivers to poke right after the commit (dws/notify.h); failures are reported, not fatal.
   std::vector<std::string> notify_urls;
   std::string notify_token;
@@ -75,6 +84,7 @@ struct PublishOptions {
 
 struct PublishResult {
   uint64_t version = 0;
+  bool committed = true;  // several writers: false while other writers' parts are still missing
   bool has_delta = false, has_anchor = false;
   uint64_t delta_bytes = 0, anchor_bytes = 0;
   uint64_t changes = 0, elements = 0;

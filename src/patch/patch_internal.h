@@ -27,6 +27,10 @@ Result<PatchHeader> from_json(std::string_view text);
 }  // namespace dws::patch_json
 
 namespace dws {
+// Writes a patch file atomically: the header's document (with its digest) and the payload tensors, which
+// must be the ones the header's tensors name, in any order.
+Status write_patch_file(const std::string& patch_path, const PatchHeader& header, std::span<const TensorWrite> payloads);
+
 // The payload tensors of one patch tensor as the codec sees them (role = name suffix after "<tensor>:").
 std::vector<codec::PayloadView> payload_views(const Patch& patch, const PatchTensor& tensor);
 }  // namespace dws

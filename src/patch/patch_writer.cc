@@ -8,6 +8,25 @@
 
 namespace dws {
 
+Status write_patch_file(const std::string& patch_path, const PatchHeader& header, std::span<const TensorWrite> payloads) {
+  std::string doc;
+  try {
+    doc = patch_json::to_json(header);
+  } catch (const std::exception& e) {  // names that are not valid UTF-8 cannot go into JSON
+    return make_error(ErrorCode::kInvalidArgument, std::string("cannot encode patch metadata: ") + e.what());
+  }
+  FileMetadata meta{{std::string(patch_json::kFormatKey), std::string(patch_json::kFormatName)},
+                    {std::string(patch_json::kVersionKey), std::to_string(kPatchFormatVersion)},
+                    {std::string(patch_json::kDocumentDigestKey),
+                     digest_hex(digest_bytes(std::as_bytes(std::span(doc.data(), doc.size()))))},
+                    {std::string(patch_json::kDocumentKey), doc}};
+  // A payload name can collide with another payload only if tensor names contain ':'; the writer refuses
+  // duplicates (E_DUPLICATE) rather than writing an ambiguous patch.
+  Status st = write_safetensors(patch_path, payloads, meta);
+  if (!st.ok()) return st.with_context("write '" + patch_path + "'");
+  return Status::Ok();
+}
+
 Result<PatchStats> create_patch(const Checkpoint& base, const Checkpoint& target, const std::string& patch_path,
                                 const CreatePatchOptions& options) {
   if (options.encoding == Encoding::kFull) {
@@ -80,21 +99,7 @@ Result<PatchStats> create_patch(const Checkpoint& base, const Checkpoint& target
     stats.target_bytes += t.size_bytes();
   }
 
-  std::string doc;
-  try {
-    doc = patch_json::to_json(header);
-  } catch (const std::exception& e) {  // names that are not valid UTF-8 cannot go into JSON
-    return make_error(ErrorCode::kInvalidArgument, std::string("diff: cannot encode patch metadata: ") + e.what());
-  }
-  FileMetadata meta{{std::string(patch_json::kFormatKey), std::string(patch_json::kFormatName)},
-                    {std::string(patch_json::kVersionKey), std::to_string(kPatchFormatVersion)},
-                    {std::string(patch_json::kDocumentDigestKey),
-                     digest_hex(digest_bytes(std::as_bytes(std::span(doc.data(), doc.size()))))},
-                    {std::string(patch_json::kDocumentKey), doc}};
-  // A payload name can collide with another payload only if tensor names contain ':'; the writer refuses
-  // duplicates (E_DUPLICATE) rather than writing an ambiguous patch.
-  Status st = write_safetensors(patch_path, writes, meta);
-  if (!st.ok()) return st.with_context("diff: write '" + patch_path + "'");
+  DWS_RETURN_IF_ERROR(write_patch_file(patch_path, header, writes).with_context("diff"));
   auto size = Patch::open(patch_path);
   if (!size.ok()) return size.status().with_context("diff: re-reading the written patch");
   stats.patch_file_bytes = size->file_size_bytes();

@@ -4,6 +4,8 @@
 //   versions/<N>/delta.dwsp                  patch from version N−1
 //   versions/<N>/anchor.safetensors          whole checkpoint (single file), or
 //   versions/<N>/anchor/<file>               whole checkpoint (sharded: shards + index)
+//   versions/<N>/parts/<I>-of-<K>.json       several writers: writer I's committed part (writers.cc)
+// (files actually live under a per-attempt token: versions/<N>/<token>/...)
 #pragma once
 
 #include <cstdint>
@@ -21,6 +23,11 @@ inline constexpr uint64_t kMaxManifestBytes = 64ull << 20;
 std::string version_prefix(uint64_t version);  // "versions/<N>/"
 std::string manifest_key(uint64_t version);
 std::optional<uint64_t> version_of_manifest_key(std::string_view key);
+
+inline constexpr uint32_t kMaxWriters = 4096;
+std::string parts_prefix(uint64_t version);                                  // "versions/<N>/parts/"
+std::string part_key(uint64_t version, uint32_t writer, uint32_t writers);   // ".../parts/<I>-of-<K>.json"
+std::string writer_shard_name(uint32_t writer, uint32_t writers);            // "part-00000-of-00002.safetensors"
 
 }  // namespace dws
 

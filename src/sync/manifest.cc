@@ -68,6 +68,7 @@ std::string serialize_manifest(const VersionManifest& m) {
               {"elements", m.elements},
               {"model_bytes", m.model_bytes},
               {"created_unix_ms", m.created_unix_ms}};
+  if (m.writers > 1) doc["writers"] = m.writers;
   if (m.base_version) {
     doc["base_version"] = *m.base_version;
     doc["base_state_digest"] = m.base_state_digest;
@@ -101,6 +102,13 @@ Result<VersionManifest> parse_manifest(std::string_view text) {
   DWS_RETURN_IF_ERROR(get_u64(doc, "model_bytes", &m.model_bytes));
   DWS_RETURN_IF_ERROR(get_u64(doc, "created_unix_ms", &m.created_unix_ms));
   if (!is_hex32(m.state_digest)) return bad("state_digest is not 32 lower-case hex digits");
+  if (doc.contains("writers")) {
+    uint64_t w = 0;
+    DWS_RETURN_IF_ERROR(get_u64(doc, "writers", &w));
+    if (w < 2 || w > kMaxWriters) return bad("writers " + std::to_string(w) + " outside [2, " + std::to_string(kMaxWriters) + "]");
+    if (!m.sharded && m.has_anchor) return bad("a version of several writers has a sharded anchor");
+    m.writers = static_cast<uint32_t>(w);
+  }
   if (doc.contains("base_version")) {
     uint64_t b = 0;
     DWS_RETURN_IF_ERROR(get_u64(doc, "base_version", &b));
@@ -150,6 +158,18 @@ std::string version_prefix(uint64_t version) {
 }
 
 std::string manifest_key(uint64_t version) { return version_prefix(version) + "manifest.json"; }
+
+std::string parts_prefix(uint64_t version) { return version_prefix(version) + "parts/"; }
+
+std::string part_key(uint64_t version, uint32_t writer, uint32_t writers) {
+  return parts_prefix(version) + std::to_string(writer) + "-of-" + std::to_string(writers) + ".json";
+}
+
+std::string writer_shard_name(uint32_t writer, uint32_t writers) {
+  char name[64];
+  std::snprintf(name, sizeof name, "part-%05u-of-%05u.safetensors", writer, writers);
+  return name;
+}
 
 std::optional<uint64_t> version_of_manifest_key(std::string_view key) {
   constexpr std::string_view kHead = "versions/";

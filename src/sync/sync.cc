@@ -70,6 +70,25 @@ Result<std::pair<uint64_t, std::string>> object_size_and_xxh3(Store& store, std:
   return std::make_pair(info->size_bytes, digest_hex(hash.finish()));
 }
 
+// A hidden scratch path next to `local` (same filesystem, so renames into place are atomic).
+std::string scratch_path(const std::string& local, const std::string& what) {
+  const std::string p = without_trailing_slashes(local);
+  return io::parent_dir(p) + "/." + io::base_name(p) + ".dws-" + what + "-" + random_token();
+}
+
+Status download_verified(Store& store, const VersionFile& f, const std::string& path) {
+  DWS_RETURN_IF_ERROR(store.get_file(f.key, path));
+  DWS_ASSIGN_OR_RETURN(std::string got, file_xxh3(path));
+  struct stat st {};
+  const uint64_t size = ::stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+  if (got != f.xxh3 || size != f.size_bytes) {
+    remove_quietly(path);
+    return make_error(ErrorCode::kPayloadHash, "store object " + f.key + " is " + std::to_string(size) + " bytes hashing to " +
+                                                   got + "; its manifest says " + std::to_string(f.size_bytes) + " bytes, " + f.xxh3);
+  }
+  return Status::Ok();
+}
+
 }  // namespace sync_util
 
 namespace {
@@ -129,25 +148,6 @@ Status replace_checkpoint(const std::string& from, const std::string& to) {
     return st;
   }
   remove_quietly(aside);
-  return Status::Ok();
-}
-
-// A hidden scratch path next to `local` (same filesystem, so renames into place are atomic).
-std::string scratch_path(const std::string& local, const std::string& what) {
-  const std::string p = without_trailing_slashes(local);
-  return io::parent_dir(p) + "/." + io::base_name(p) + ".dws-" + what + "-" + random_token();
-}
-
-Status download_verified(Store& store, const VersionFile& f, const std::string& path) {
-  DWS_RETURN_IF_ERROR(store.get_file(f.key, path));
-  DWS_ASSIGN_OR_RETURN(std::string got, file_xxh3(path));
-  struct stat st {};
-  const uint64_t size = ::stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
-  if (got != f.xxh3 || size != f.size_bytes) {
-    remove_quietly(path);
-    return make_error(ErrorCode::kPayloadHash, "store object " + f.key + " is " + std::to_string(size) + " bytes hashing to " +
-                                                   got + "; its manifest says " + std::to_string(f.size_bytes) + " bytes, " + f.xxh3);
-  }
   return Status::Ok();
 }
 
@@ -413,6 +413,7 @@ Status follow(Store& store, const std::string& local_path, const FollowOptions& 
 }
 
 Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, const PublishOptions& options) {
+  if (options.writers > 1 || options.writer_index > 0) return publish_part(store, checkpoint_path, options);
   if (options.snapshot_path.empty()) return make_error(ErrorCode::kInvalidArgument, "publish: a snapshot path is required");
   DWS_ASSIGN_OR_RETURN(Checkpoint cp, Checkpoint::open(checkpoint_path));
   DWS_ASSIGN_OR_RETURN(std::vector<uint64_t> versions, list_versions(store));
@@ -437,6 +438,12 @@ Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, 
     bool want_anchor = versions.empty() || options.anchor ||
                        (options.anchor_every > 0 && m.version % options.anchor_every == 0);
     if (!versions.empty()) {
+      DWS_ASSIGN_OR_RETURN(VersionManifest latest, read_manifest(store, versions.back()));
+      if (latest.writers > 1) {
+        return make_error(ErrorCode::kInvalidArgument, "publish: version " + std::to_string(versions.back()) + " was published by " +
+                                                           std::to_string(latest.writers) + " writers; publish with --writer I/" +
+                                                           std::to_string(latest.writers));
+      }
       // The snapshot must be at the latest version: pull brings it there (O(changes) when it already
       // is one version behind; rebuilt from an anchor when missing).
       PullOptions po;

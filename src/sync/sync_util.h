@@ -8,6 +8,7 @@
 #include "dws/checkpoint.h"
 #include "dws/status.h"
 #include "dws/store.h"
+#include "dws/sync.h"
 
 namespace dws::sync_util {
 
@@ -18,6 +19,12 @@ Result<std::string> checkpoint_state_digest(const Checkpoint& cp, size_t threads
 void remove_quietly(const std::string& path);           // file or tree; errors ignored
 std::string sidecar_path(const std::string& local_path);
 std::string without_trailing_slashes(std::string path);  // "dir/" -> "dir"; "/" stays
+// A hidden scratch path next to `local` (same filesystem, so renames into place are atomic).
+std::string scratch_path(const std::string& local, const std::string& what);
+// Downloads a version's file and checks its size and XXH3 against the manifest (E_PAYLOAD_HASH; removed then).
+Status download_verified(Store& store, const VersionFile& f, const std::string& path);
+// publish() for one of several writers (writers.cc).
+Result<PublishResult> publish_part(Store& store, const std::string& checkpoint_path, const PublishOptions& options);
 // The size and XXH3-128 hex of a store object, read in bounded ranges (memory stays at one chunk).
 Result<std::pair<uint64_t, std::string>> object_size_and_xxh3(Store& store, std::string_view key);
 
