@@ -225,14 +225,10 @@ int main(int argc, char** argv) {
       cases.push_back({"trajectory-small " + std::to_string(s) + "->" + std::to_string(s + 1), data + a, data + b});
     }
   }
-  for (size_t at = 0; at < sims.size();) {
-    size_t comma = sims.find(',', at);
-    if (comma == std::string::npos) comma = sims.size();
-    if (comma > at) {
-      std::fprintf(stderr, "dws_bench: simulating %s\n", sims.substr(at, comma - at).c_str());
-      cases.push_back(make_simulated(work, sims.substr(at, comma - at)));
-    }
-    at = comma + 1;
+  for (const std::string& spec : bench::split(sims, ',')) {
+    if (spec.empty()) continue;
+    std::fprintf(stderr, "dws_bench: simulating %s\n", spec.c_str());
+    cases.push_back(make_simulated(work, spec));
   }
 
   json out = json::object();

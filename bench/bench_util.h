@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "dws/simulate.h"
 #include "dws/status.h"
@@ -21,6 +22,17 @@ template <typename T>
 T must(Result<T> r) {
   if (!r.ok()) die(r.status());
   return std::move(r).value();
+}
+
+// "a,,b" split at `sep` -> {"a", "", "b"} (empty parts kept; "" -> {""}).
+inline std::vector<std::string> split(const std::string& text, char sep) {
+  std::vector<std::string> parts;
+  for (size_t at = 0;;) {
+    const size_t end = text.find(sep, at);
+    parts.push_back(text.substr(at, end == std::string::npos ? std::string::npos : end - at));
+    if (end == std::string::npos) return parts;
+    at = end + 1;
+  }
 }
 
 // One bench case: base/target checkpoints on disk.

@@ -118,11 +118,7 @@ int run_gpu_bench(const std::string& sims, int runs, const std::string& json_pat
   std::printf("%-28s %8s %10s %9s %9s %9s %9s %10s %10s\n", "dataset", "density", "model MB", "diff", "to host", "scatter",
               "scat 1%", "patch app", "payB/chg");
   std::printf("%-28s %8s %10s %9s %9s %9s %9s %10s %10s\n", "", "", "", "x copy", "t/copy", "t/copy", "t/copy", "t/upload", "");
-  for (size_t at = 0; at < sims.size();) {
-    size_t comma = sims.find(',', at);
-    if (comma == std::string::npos) comma = sims.size();
-    const std::string spec = sims.substr(at, comma - at);
-    at = comma + 1;
+  for (const std::string& spec : split(sims, ',')) {
     if (spec.empty()) continue;
     std::fprintf(stderr, "dws_bench: simulating %s\n", spec.c_str());
     const Case c = make_simulated(work, spec);

@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_util.h"
 #include "dws/notify.h"
 #include "dws/simulate.h"
 #include "dws/sync.h"
@@ -147,20 +148,9 @@ int run_sync_latency(const std::string& data, const std::string& sims, const std
     }
     if (steps.size() >= 2) datasets.push_back({"trajectory-small", steps});
   }
-  for (size_t at = 0; at < sims.size();) {
-    size_t comma = sims.find(',', at);
-    if (comma == std::string::npos) comma = sims.size();
-    const std::string spec = sims.substr(at, comma - at);
-    at = comma + 1;
+  for (const std::string& spec : split(sims, ',')) {
     if (spec.empty()) continue;
-    // SHAPE:LAYERS:LR:STEPS
-    std::vector<std::string> parts;
-    for (size_t p = 0; p <= spec.size();) {
-      size_t c = spec.find(':', p);
-      if (c == std::string::npos) c = spec.size();
-      parts.push_back(spec.substr(p, c - p));
-      p = c + 1;
-    }
+    const std::vector<std::string> parts = split(spec, ':');  // SHAPE:LAYERS:LR:STEPS
     if (parts.size() != 4) {
       std::fprintf(stderr, "dws_bench: --latency-sims entry '%s' is not SHAPE:LAYERS:LR:STEPS\n", spec.c_str());
       return 2;

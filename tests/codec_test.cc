@@ -9,11 +9,7 @@
 namespace dws {
 namespace {
 
-std::vector<codec::PayloadView> views_of(const codec::EncodedTensor& e) {
-  std::vector<codec::PayloadView> v;
-  for (const auto& p : e.payloads) v.push_back({p.role, p.dtype, p.shape, p.bytes});
-  return v;
-}
+using test::views_of;
 
 using test::Decoded;
 

@@ -15,11 +15,7 @@
 namespace dws {
 namespace {
 
-std::vector<codec::PayloadView> views_of(const codec::EncodedTensor& e) {
-  std::vector<codec::PayloadView> v;
-  for (const auto& p : e.payloads) v.push_back({p.role, p.dtype, p.shape, p.bytes});
-  return v;
-}
+using test::views_of;
 
 // Special bit patterns mixed into random tensors: NaNs, infinities, signed zeros, extremes.
 void sprinkle_special_values(std::mt19937_64& rng, test::HostTensor& t) {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "codec/codecs.h"
 #include "dws/checkpoint.h"
 #include "dws/patch.h"
 #include "dws/safetensors.h"
@@ -145,6 +146,13 @@ struct Decoded {
     };
   }
 };
+
+// The payload views of an encoded tensor, as a decoder takes them.
+inline std::vector<codec::PayloadView> views_of(const codec::EncodedTensor& e) {
+  std::vector<codec::PayloadView> v;
+  for (const auto& p : e.payloads) v.push_back({p.role, p.dtype, p.shape, p.bytes});
+  return v;
+}
 
 }  // namespace dws::test
 

@@ -516,8 +516,7 @@ void apply_operands(DType dtype, ChangeOp op, std::span<std::byte> tensor, std::
         uint64_t bits = 0, zz = 0;
         std::memcpy(&bits, e, w);
         std::memcpy(&zz, o, sizeof zz);
-        bits = native::from_key(dtype, (native::to_key(dtype, bits) + ((zz >> 1) ^ (0 - (zz & 1)))) &
-                                           (w == 8 ? ~0ull : (1ull << (8 * w)) - 1));
+        bits = native::add_key_distance(dtype, bits, zz);
         std::memcpy(e, &bits, w);
         break;
       }

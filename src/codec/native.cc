@@ -58,7 +58,6 @@ int64_t sign_extend(uint64_t v, size_t w) {
 }
 
 uint64_t zigzag(int64_t v) { return (static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63); }
-int64_t unzigzag(uint64_t z) { return static_cast<int64_t>(z >> 1) ^ -static_cast<int64_t>(z & 1); }
 
 uint32_t bit_length(uint64_t v) { return v == 0 ? 0 : 64u - static_cast<uint32_t>(std::countl_zero(v)); }
 
@@ -436,9 +435,7 @@ class ValueDecoder {
     const std::span<const uint64_t> pos = checker_.pending_positions();
     if (operands_) return checker_.flush(std::as_bytes(std::span<const uint64_t>(distances_)));
     for (size_t k = 0; k < pos.size(); ++k) {
-      const uint64_t kb = key_of<W, kFloat>(load<W>(base_.data() + pos[k] * W));
-      const uint64_t kt = (kb + static_cast<uint64_t>(unzigzag(distances_[k]))) & kWidthMask<W>;
-      store<W>(values_.data() + k * W, bits_of<W, kFloat>(kt));
+      store<W>(values_.data() + k * W, add_key_distance<W, kFloat>(load<W>(base_.data() + pos[k] * W), distances_[k]));
     }
     return checker_.flush(values_);
   }
@@ -632,6 +629,10 @@ uint64_t to_key(DType dtype, uint64_t bits) {
 
 uint64_t from_key(DType dtype, uint64_t key) {
   return dispatch(dtype, [&]<size_t W, bool kFloat>() { return bits_of<W, kFloat>(key); });
+}
+
+uint64_t add_key_distance(DType dtype, uint64_t bits, uint64_t zigzag_distance) {
+  return dispatch(dtype, [&]<size_t W, bool kFloat>() { return add_key_distance<W, kFloat>(bits, zigzag_distance); });
 }
 
 bool has_class_layout(DType dtype) { return class_field(dtype).count != 0; }

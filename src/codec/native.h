@@ -54,5 +54,7 @@ bool has_class_layout(DType dtype);
 // The order-preserving key of an element's bits (exposed for tests).
 uint64_t to_key(DType dtype, uint64_t bits);
 uint64_t from_key(DType dtype, uint64_t key);
+// The bits after adding a zigzag key distance (codec::ChangeOp::kAddKey), as decoders and kernels do.
+uint64_t add_key_distance(DType dtype, uint64_t bits, uint64_t zigzag_distance);
 
 }  // namespace dws::codec::native
