@@ -20,6 +20,7 @@
 #include "core/thread_pool.h"
 #include "dws/checkpoint.h"
 #include "dws/diff.h"
+#include "dws/digest.h"
 #include "dws/patch.h"
 #include "dws/simulate.h"
 #include "patch/patch_internal.h"
@@ -68,6 +69,7 @@ struct Row {
   double diff_ratio_1t = 0, diff_ratio_2t = 0;            // model bytes/s of diff+encode ÷ memcpy bytes/s
   double apply_time_ratio = 0;                             // decode+scatter time ÷ memcpy time of the model
   double apply_cli_in_place_ratio = 0;                     // whole in-place apply (verification included) ÷ memcpy
+  double apply_known_digests_ratio = 0;                    // the same with the base digests known, as dws pull runs it
 };
 
 // diff + encode of every tensor, as create_patch does it minus digests and the file write.
@@ -133,18 +135,29 @@ Row measure(const Case& c, const Variant& v, const std::string& work, double mem
   });
   row.apply_time_ratio = apply_s / memcpy_s;
 
-  // The whole in-place apply as `dws apply --in-place` runs it: base digests, journal, replay, fsync.
-  // Each run patches a fresh copy; the copy is not timed.
+  // The whole in-place apply as `dws apply --in-place` runs it: base digests, journal, replay, fsync;
+  // then as `dws pull` runs it, with the base's tensor digests known (kept from the previous apply), so
+  // nothing is rescanned. Each run patches a fresh copy; the copy is not timed.
   const std::string live = work + "/live.safetensors";
-  std::vector<double> times;
-  for (int r = 0; r < std::max(3, g_runs / 2); ++r) {
-    std::filesystem::copy_file(c.base, live, std::filesystem::copy_options::overwrite_existing);
-    auto t0 = Clock::now();
-    must(apply_patch_in_place(live, patch, {1, false}));
-    times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  TensorDigests known;
+  {
+    auto digests = tensor_digests(base, 1);
+    for (size_t i = 0; i < base.tensors().size(); ++i) known[base.tensors()[i].name] = digests[i];
   }
-  std::sort(times.begin(), times.end());
-  row.apply_cli_in_place_ratio = times[times.size() / 2] / memcpy_s;
+  auto in_place_seconds = [&](const TensorDigests* digests) {
+    std::vector<double> times;
+    for (int r = 0; r < std::max(3, g_runs / 2); ++r) {
+      std::filesystem::copy_file(c.base, live, std::filesystem::copy_options::overwrite_existing);
+      ApplyOptions options{1, false, digests};
+      auto t0 = Clock::now();
+      must(apply_patch_in_place(live, patch, options));
+      times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    std::sort(times.begin(), times.end());
+    return times[times.size() / 2];
+  };
+  row.apply_cli_in_place_ratio = in_place_seconds(nullptr) / memcpy_s;
+  row.apply_known_digests_ratio = in_place_seconds(&known) / memcpy_s;
   return row;
 }
 
@@ -234,10 +247,11 @@ int main(int argc, char** argv) {
   json out = json::object();
   out["runs"] = g_runs;
   out["rows"] = json::array();
-  std::printf("%-30s %-12s %9s %8s %9s %9s %8s %8s %8s %8s %9s %9s\n", "dataset", "encoding", "changes", "density", "payB/chg",
-              "fileB/chg", "scan 1t", "scan 2t", "d+e 1t", "d+e 2t", "apply", "inplace");
-  std::printf("%-30s %-12s %9s %8s %9s %9s %8s %8s %8s %8s %9s %9s\n", "", "", "", "", "", "", "x memcpy", "x memcpy", "x memcpy",
-              "x memcpy", "t/memcpy", "t/memcpy");
+  out["digests"] = json::array();
+  std::printf("%-30s %-12s %9s %8s %9s %9s %8s %8s %8s %8s %9s %9s %9s\n", "dataset", "encoding", "changes", "density", "payB/chg",
+              "fileB/chg", "scan 1t", "scan 2t", "d+e 1t", "d+e 2t", "apply", "inplace", "inpl+dig");
+  std::printf("%-30s %-12s %9s %8s %9s %9s %8s %8s %8s %8s %9s %9s %9s\n", "", "", "", "", "", "", "x memcpy", "x memcpy", "x memcpy",
+              "x memcpy", "t/memcpy", "t/memcpy", "t/memcpy");
   for (const Case& c : cases) {
     auto base = must(Checkpoint::open(c.base));
     const uint64_t model_bytes = base.total_tensor_bytes();
@@ -245,16 +259,28 @@ int main(int argc, char** argv) {
     std::memset(src.data(), 1, src.size());
     std::memset(dst.data(), 2, dst.size());
     const double memcpy_s = median_seconds([&] { std::memcpy(dst.data(), src.data(), model_bytes); });
+    {
+      // Whole-model digests, one thread: the additive tensor digest (what audits and unverified applies
+      // compute) and XXH3-128 (format v1's tensor digest), as throughput ratios to memcpy.
+      const double tensor_digest_s = median_seconds([&] { (void)tensor_digests(base, 1); });
+      const double xxh3_s = median_seconds([&] {
+        for (const auto& t : base.tensors()) (void)digest_bytes(base.bytes(t));
+      });
+      std::printf("%-30s digest throughput x memcpy, 1 thread: tensor digest %.3f, XXH3-128 %.3f\n", c.name.c_str(),
+                  memcpy_s / tensor_digest_s, memcpy_s / xxh3_s);
+      out["digests"].push_back({{"dataset", c.name}, {"tensor_digest_throughput_vs_memcpy_1t", memcpy_s / tensor_digest_s},
+                                {"xxh3_throughput_vs_memcpy_1t", memcpy_s / xxh3_s}});
+    }
     for (const Variant& v : {Variant{Encoding::kAuto}, Variant{Encoding::kNative}, Variant{Encoding::kNative, true},
                              Variant{Encoding::kIndices}, Variant{Encoding::kGaps}, Variant{Encoding::kGapsZstd},
                              Variant{Encoding::kXorZstd}}) {
       Row r = measure(c, v, work, memcpy_s, model_bytes);
       const double chg = static_cast<double>(std::max<uint64_t>(r.changes, 1));
-      std::printf("%-30s %-12s %9llu %7.3f%% %9.2f %9.2f %8.3f %8.3f %8.3f %8.3f %9.3f %9.3f\n", r.dataset.c_str(), r.encoding.c_str(),
+      std::printf("%-30s %-12s %9llu %7.3f%% %9.2f %9.2f %8.3f %8.3f %8.3f %8.3f %9.3f %9.3f %9.3f\n", r.dataset.c_str(), r.encoding.c_str(),
                   static_cast<unsigned long long>(r.changes), 100.0 * static_cast<double>(r.changes) / static_cast<double>(r.elements),
                   static_cast<double>(r.payload_bytes) / chg, static_cast<double>(r.file_bytes) / chg, r.scan_ratio_1t,
                   r.scan_ratio_2t, r.diff_ratio_1t,
-                  r.diff_ratio_2t, r.apply_time_ratio, r.apply_cli_in_place_ratio);
+                  r.diff_ratio_2t, r.apply_time_ratio, r.apply_cli_in_place_ratio, r.apply_known_digests_ratio);
       out["rows"].push_back({{"dataset", r.dataset}, {"encoding", r.encoding}, {"changes", r.changes},
                              {"elements", r.elements}, {"model_bytes", r.model_bytes},
                              {"payload_bytes", r.payload_bytes}, {"file_bytes", r.file_bytes},
@@ -266,6 +292,7 @@ int main(int argc, char** argv) {
                              {"diff_encode_throughput_vs_memcpy_2t", r.diff_ratio_2t},
                              {"decode_apply_time_vs_memcpy", r.apply_time_ratio},
                              {"in_place_apply_time_vs_memcpy", r.apply_cli_in_place_ratio},
+                             {"in_place_apply_known_digests_time_vs_memcpy", r.apply_known_digests_ratio},
                              {"memcpy_seconds", memcpy_s}});
       std::fflush(stdout);
     }
@@ -286,6 +313,7 @@ int main(int argc, char** argv) {
   std::printf("scan 1t/2t: (model bytes / time of the exact diff) / (model bytes / time of memcpy), higher is better\n"
               "d+e 1t/2t: the same for diff + encode of every changed tensor\n"
               "apply: time of decode+scatter / time of one memcpy of the whole model, lower is better\n"
-              "inplace: time of the whole crash-safe in-place apply (base digest, journal, fsync) / memcpy time\n");
+              "inplace: time of the whole crash-safe in-place apply (base digest, journal, fsync) / memcpy time\n"
+              "inpl+dig: the same with the base's tensor digests known (as dws pull keeps them): O(changes) checks\n");
   return 0;
 }

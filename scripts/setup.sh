@@ -17,12 +17,12 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# Python environment for the interop tests (HF safetensors + numpy from PyPI; no torch).
+# Python environment for the interop tests (HF safetensors, numpy, xxhash from PyPI; no torch).
 PY="${DWS_PYTHON:-}"
 if [ -z "$PY" ]; then
-  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import safetensors, numpy" 2>/dev/null; then
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import safetensors, numpy, xxhash" 2>/dev/null; then
     python3 -m venv .venv
-    .venv/bin/pip install -q --disable-pip-version-check safetensors numpy
+    .venv/bin/pip install -q --disable-pip-version-check safetensors numpy xxhash
   fi
   PY="$PWD/.venv/bin/python"
 fi

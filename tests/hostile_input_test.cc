@@ -93,7 +93,7 @@ class HostilePatch : public ::testing::Test {
     }
     const std::string doc = patch_json::to_json(h);
     FileMetadata meta{{"dws.format", "dws-patch"},
-                      {"dws.format_version", "1"},
+                      {"dws.format_version", std::to_string(kPatchFormatVersion)},
                       {"dws.patch_digest", digest_hex(digest_bytes(std::as_bytes(std::span(doc.data(), doc.size()))))},
                       {"dws.patch", doc}};
     EXPECT_TRUE(write_safetensors(dir_ / "crafted.dwsp", writes, meta).ok());
@@ -167,8 +167,10 @@ TEST_F(HostilePatch, InconsistentMetadata) {
                  ErrorCode::kPatchMetadata, "layout drops a tensor");
   expect_refused(craft(original, [](PatchHeader& h, auto&) { h.target_layout.shards[0].file = "../escape"; }),
                  ErrorCode::kPatchMetadata, "layout file escapes");
-  expect_refused(craft(original, [](PatchHeader& h, auto&) { h.format_version = 2; }), ErrorCode::kUnsupported,
-                 "future format version");
+  expect_refused(craft(original, [](PatchHeader& h, auto&) { h.format_version = kPatchFormatVersion + 1; }),
+                 ErrorCode::kUnsupported, "future format version");
+  expect_refused(craft(original, [](PatchHeader& h, auto&) { h.format_version = 1; }), ErrorCode::kUnsupported,
+                 "format version 1 (XXH3-128 tensor digests) is no longer read");
   expect_refused(craft(original, [](PatchHeader& h, auto&) { h.tensors[0].encoding = Encoding::kAuto; }),
                  ErrorCode::kPatchMetadata, "'auto' claimed as a stored tensor encoding");
 }

@@ -29,6 +29,15 @@ void copy_file(const std::string& from, const std::string& to) {
   std::filesystem::copy(from, to, std::filesystem::copy_options::recursive | std::filesystem::copy_options::overwrite_existing);
 }
 
+TensorDigests digests_of(const std::string& path) {
+  auto cp = Checkpoint::open(path);
+  EXPECT_TRUE(cp.ok());
+  const auto d = tensor_digests(*cp, 2);
+  TensorDigests out;
+  for (size_t i = 0; i < d.size(); ++i) out[cp->tensors()[i].name] = d[i];
+  return out;
+}
+
 // diff -> apply -o -> compare; diff -> apply --in-place on a copy -> compare.
 void check_round_trip(const std::string& base, const std::string& next, Encoding enc, const std::string& work,
                       bool expect_rewrite = false) {
@@ -57,6 +66,24 @@ void check_round_trip(const std::string& base, const std::string& next, Encoding
   EXPECT_EQ(in_place->rewrote_files, expect_rewrite);
   EXPECT_TRUE(test::same_tensors(copy, next));
   EXPECT_FALSE(std::filesystem::exists(journal_path_for(copy))) << "journal must be gone after a successful apply";
+  // The target digests the apply reports (derived in O(changes)) describe the bytes it wrote.
+  EXPECT_EQ(in_place->target_digests, digests_of(copy));
+  EXPECT_EQ(applied->target_digests, digests_of(copy));
+
+  // With the base's digests known, as dws pull runs it: same result, same digests, no rescan needed.
+  const TensorDigests base_digests = digests_of(base);
+  std::filesystem::remove_all(copy);
+  copy_file(base, copy);
+  auto known = apply_patch_in_place(copy, *patch, {1, false, &base_digests});
+  ASSERT_TRUE(known.ok()) << known.status().to_string();
+  EXPECT_TRUE(test::same_tensors(copy, next));
+  EXPECT_EQ(known->target_digests, in_place->target_digests);
+
+  // create_patch with the base digests supplied writes the same bytes.
+  CreatePatchOptions with_digests{enc, 2, 1};
+  with_digests.base_digests = &base_digests;
+  ASSERT_TRUE(create_patch(*b, *n, work + "/p2.dwsp", with_digests).ok());
+  EXPECT_EQ(test::read_bytes(patch_path), test::read_bytes(work + "/p2.dwsp"));
 }
 
 class RoundTrip : public ::testing::TestWithParam<std::tuple<DType, double>> {};
@@ -130,6 +157,44 @@ TEST(RoundTrip, FileMetadataFollowsTheTarget) {
   auto g = SafetensorsFile::open(dir / "inplace");
   ASSERT_TRUE(g.ok());
   EXPECT_EQ(g->header().metadata.at("note").size(), 300u);
+}
+
+TEST(RoundTrip, WithKnownBaseDigestsTheApplyReadsOnlyWhatChanges) {
+  // The contract of ApplyOptions::base_digests: the caller vouches for the base, so a tensor the patch
+  // does not touch is never read. Corrupting one behind the caller's back shows it: the known-digest
+  // apply goes through (and carries the corruption), the rescanning apply refuses.
+  TempDir dir;
+  std::mt19937_64 rng(9);
+  auto base = random_checkpoint(rng, DType::kBF16);
+  auto next = base;
+  next[0] = test::mutate(rng, base[0], 0.01);  // only layer.0.weight changes
+  ASSERT_TRUE(test::write_tensors(dir / "base.safetensors", base).ok());
+  ASSERT_TRUE(test::write_tensors(dir / "next.safetensors", next).ok());
+  auto b = Checkpoint::open(dir / "base.safetensors");
+  auto n = Checkpoint::open(dir / "next.safetensors");
+  ASSERT_TRUE(b.ok() && n.ok());
+  ASSERT_TRUE(create_patch(*b, *n, dir / "p.dwsp", {Encoding::kNative, 1, 1}).ok());
+  auto patch = Patch::open(dir / "p.dwsp");
+  ASSERT_TRUE(patch.ok());
+  const TensorDigests digests = digests_of(dir / "base.safetensors");
+
+  base[4].bytes[100] ^= std::byte{1};  // "big", untouched by the patch
+  ASSERT_TRUE(test::write_tensors(dir / "corrupt.safetensors", base).ok());
+  copy_file(dir / "corrupt.safetensors", dir / "a.safetensors");
+  auto rescanned = apply_patch_in_place(dir / "a.safetensors", *patch, {1, false});
+  ASSERT_FALSE(rescanned.ok());
+  EXPECT_EQ(rescanned.status().code(), ErrorCode::kBaseMismatch);
+  auto trusted = apply_patch_in_place(dir / "a.safetensors", *patch, {1, false, &digests});
+  EXPECT_TRUE(trusted.ok()) << trusted.status().to_string();
+
+  // Digests that do not match what the patch expects are refused like a wrong base.
+  TensorDigests wrong = digests;
+  wrong.begin()->second.low ^= 1;
+  copy_file(dir / "base.safetensors", dir / "b.safetensors");
+  auto refused = apply_patch_in_place(dir / "b.safetensors", *patch, {1, false, &wrong});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), ErrorCode::kBaseMismatch);
+  EXPECT_TRUE(test::same_tensors(dir / "b.safetensors", dir / "base.safetensors"));
 }
 
 TEST(RoundTrip, ApplyRefusesAnExistingOutputUnlessForced) {

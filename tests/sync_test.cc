@@ -5,8 +5,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <fstream>
 #include <mutex>
 #include <thread>
+
+#include <nlohmann/json.hpp>
 
 #include "dws/sync.h"
 #include "sync/keys.h"
@@ -22,7 +25,7 @@ int kill_trials() { return std::getenv("DWS_SOAK") && std::string(std::getenv("D
 std::string state_of(const std::string& path) {
   auto cp = Checkpoint::open(path);
   if (!cp.ok()) return "unopenable: " + cp.status().to_string();
-  return digest_hex(state_digest(cp->tensors(), tensor_digests(*cp, 1)));
+  return digest_hex(state_digest(tensor_digests(*cp, 1)));
 }
 
 class Sync : public ::testing::Test {
@@ -116,6 +119,76 @@ TEST_F(Sync, ALocalCopyWithoutSidecarIsIdentifiedByItsDigest) {
   EXPECT_EQ(r->from_version, std::optional<uint64_t>(1));
   EXPECT_FALSE(r->used_anchor);
   EXPECT_TRUE(test::same_tensors(local, test::trajectory_step(3)));
+}
+
+TEST_F(Sync, FollowingPullsTrustTheSidecarDigestsAndNeverRescan) {
+  publish_steps(8, 16);
+  const std::string local = local_at(2, "l.safetensors");
+  for (uint64_t v = 3; v <= 8; ++v) {
+    PullOptions po;
+    po.version = v;
+    auto r = pull(*store_, local, po);
+    ASSERT_TRUE(r.ok()) << r.status().to_string();
+    EXPECT_FALSE(r->rescanned) << "version " << v;
+    EXPECT_EQ(r->applied, (std::vector<uint64_t>{v}));
+    // The digests the pull carried forward describe the bytes on disk.
+    auto cp = Checkpoint::open(local);
+    ASSERT_TRUE(cp.ok());
+    const auto d = tensor_digests(*cp, 1);
+    ASSERT_EQ(r->tensor_digests.size(), cp->tensors().size());
+    for (size_t i = 0; i < d.size(); ++i) EXPECT_EQ(r->tensor_digests.at(cp->tensors()[i].name), d[i]);
+    EXPECT_EQ(digest_hex(state_digest(d)), r->state_digest);
+  }
+  EXPECT_TRUE(test::same_tensors(local, test::trajectory_step(8)));
+}
+
+TEST_F(Sync, ALocalCopyWrittenBehindTheSidecarsBackIsRescannedAndRecovered) {
+  publish_steps(4, 4);
+  const std::string local = local_at(2, "l.safetensors");
+  {
+    // Someone edits one byte of a tensor the next delta does not touch... or does: either way the
+    // stamps change, the sidecar's digests are not trusted, and the rescan finds no version.
+    auto bytes = test::read_bytes(local);
+    bytes[bytes.size() - 3] ^= std::byte{0x40};
+    std::ofstream(local, std::ios::binary | std::ios::trunc).write(reinterpret_cast<const char*>(bytes.data()),
+                                                                   static_cast<std::streamsize>(bytes.size()));
+  }
+  auto r = pull(*store_, local, {});
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_TRUE(r->rescanned);
+  EXPECT_FALSE(r->from_version.has_value());
+  EXPECT_TRUE(r->used_anchor);
+  EXPECT_TRUE(test::same_tensors(local, test::trajectory_step(4)));
+}
+
+TEST_F(Sync, ASidecarWhoseDigestsDoNotAddUpIsNotTrusted) {
+  publish_steps(3, 16);
+  const std::string local = local_at(1, "l.safetensors");
+  const std::string sidecar = local + ".dws-version";
+  std::string text;
+  {
+    std::ifstream in(sidecar);
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  // Change one hex digit of one tensor digest; the document stays well-formed and its stamps match.
+  auto doc = nlohmann::json::parse(text);
+  ASSERT_TRUE(doc.contains("files"));
+  ASSERT_FALSE(doc["tensors"].empty());
+  std::string& hex = doc["tensors"].begin()->get_ref<std::string&>();
+  hex[5] = hex[5] == '0' ? '1' : '0';
+  std::ofstream(sidecar, std::ios::trunc) << doc.dump();
+  auto r = pull(*store_, local, {});
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_TRUE(r->rescanned);
+  EXPECT_EQ(r->from_version, std::optional<uint64_t>(1));
+  EXPECT_TRUE(test::same_tensors(local, test::trajectory_step(3)));
+  // And --audit rescans even a good sidecar.
+  PullOptions po;
+  po.audit = true;
+  auto again = pull(*store_, local, po);
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->rescanned);
+  EXPECT_EQ(again->version, 3u);
 }
 
 TEST_F(Sync, CorruptedDeltaIsRefusedAndAnAnchorRecovers) {
@@ -460,7 +533,7 @@ TEST(Manifest, RefusesHostileManifests) {
   EXPECT_EQ(mutate("\"delta\"", "\"payload\"").code(), ErrorCode::kPatchMetadata);
   EXPECT_EQ(mutate("\"base_version\": 2", "\"base_version\": 1").code(), ErrorCode::kPatchMetadata);
   EXPECT_EQ(mutate(std::string(32, 'b'), "zz").code(), ErrorCode::kPatchMetadata);
-  EXPECT_EQ(mutate("\"format_version\": 1", "\"format_version\": 2").code(), ErrorCode::kUnsupported);
+  EXPECT_EQ(mutate("\"format_version\": 2", "\"format_version\": 3").code(), ErrorCode::kUnsupported);
   EXPECT_EQ(mutate("\"has_anchor\": false", "\"has_anchor\": true").code(), ErrorCode::kPatchMetadata);
   EXPECT_FALSE(parse_manifest("{\"format\": \"dws-version\", \"format\": \"x\"}").ok());
   EXPECT_FALSE(parse_manifest("[]").ok());

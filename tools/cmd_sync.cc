@@ -114,8 +114,9 @@ int cmd_publish(const SyncCommands& c, size_t threads, bool quiet) {
 }
 
 void print_pull(const std::string& local, const PullResult& r, double seconds) {
-  std::printf("%s at version %llu (%s%zu deltas, %s downloaded); state %s (%.2fs)\n", local.c_str(),
-              static_cast<unsigned long long>(r.version), r.used_anchor ? "from an anchor, " : (r.used_fold ? "through a fold, " : ""),
+  std::printf("%s at version %llu (%s%s%zu deltas, %s downloaded); state %s (%.2fs)\n", local.c_str(),
+              static_cast<unsigned long long>(r.version), r.rescanned ? "rescanned, " : "",
+              r.used_anchor ? "from an anchor, " : (r.used_fold ? "through a fold, " : ""),
               r.applied.size(), human_bytes(r.bytes_downloaded).c_str(), r.state_digest.c_str(), seconds);
   std::fflush(stdout);
 }
@@ -128,6 +129,7 @@ int cmd_pull(const SyncCommands& c, size_t threads, bool quiet) {
     PullOptions o;
     o.version = c.version;
     o.threads = threads;
+    o.audit = c.audit;
     const auto t0 = std::chrono::steady_clock::now();
     auto r = pull(**store, c.checkpoint, o);
     if (!r.ok()) return fail(r.status());
@@ -146,6 +148,7 @@ int cmd_pull(const SyncCommands& c, size_t threads, bool quiet) {
   }
   FollowOptions o;
   o.poll_seconds = c.poll_seconds;
+  o.audit = c.audit;
   o.listener = listener.get();
   o.threads = threads;
   auto t0 = std::chrono::steady_clock::now();
@@ -289,6 +292,9 @@ void add_sync_commands(CLI::App& app, SyncCommands& c) {
   c.pull->add_option("LOCAL", c.checkpoint, "Local checkpoint (created from an anchor if missing)")->required();
   c.pull->add_option("--version", c.version, "Version to reach (default: the latest)");
   c.pull->add_flag("--follow", c.follow, "Keep pulling new versions as they appear (Ctrl-C to stop)");
+  c.pull->add_flag("--audit", c.audit,
+                   "Rescan the local checkpoint to identify its version instead of trusting the digests its sidecar "
+                   "recorded (with --follow: on the first pull)");
   c.pull->add_option("--poll-interval", c.poll_seconds, "Seconds between store polls with --follow")->capture_default_str()
       ->check(CLI::Range(0.001, 3600.0));
   c.pull->add_option("--listen", c.listen,

@@ -26,6 +26,7 @@ struct SyncCommands {
   double max_delta_density = 0.5;
   std::optional<uint64_t> version;
   bool follow = false;
+  bool audit = false;                    // pull: rescan the local checkpoint instead of trusting its sidecar
   double poll_seconds = 1.0;
   bool as_json = false;
   std::string listen;                    // pull --follow: notification endpoint

@@ -204,7 +204,7 @@ int cmd_verify(const std::string& path, size_t threads, bool quiet) {
   if (!ck.ok()) return fail(ck.status());
   // Reading every byte (to hash it) proves the data section is present and readable.
   auto digests = dws::tensor_digests(*ck, threads);
-  auto state = dws::state_digest(ck->tensors(), digests);
+  auto state = dws::state_digest(digests);
   if (!quiet) {
     std::printf("ok: checkpoint %s: %zu tensors, %s, state digest %s (%.2fs)\n", path.c_str(), ck->tensors().size(),
                 human_bytes(ck->total_tensor_bytes()).c_str(), dws::digest_hex(state).c_str(), seconds_since(t0));

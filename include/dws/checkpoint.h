@@ -4,6 +4,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <span>
 #include <string>
 #include <string_view>
@@ -88,18 +89,16 @@ using FillTensorFn = std::function<Status(const TensorSpec& spec, std::span<std:
 Status write_checkpoint(const std::string& path, const CheckpointLayout& layout, const FillTensorFn& fill,
                         bool overwrite);
 
-// XXH3-128 of every tensor's bytes, aligned with checkpoint.tensors(); threads == 0 means all cores.
+// Tensor digests by name.
+using TensorDigests = std::map<std::string, Digest128, std::less<>>;
+
+// The tensor digest (dws/digest.h) of every tensor, aligned with checkpoint.tensors(); big tensors are
+// hashed in parallel chunks. threads == 0 means all cores.
 std::vector<Digest128> tensor_digests(const Checkpoint& checkpoint, size_t threads);
 
-// The state digest (v0): XXH3-128 over, in name order, each tensor's name, dtype, shape and digest.
-// Independent of sharding and file order. `tensors` must be sorted by name.
-Digest128 state_digest(std::span<const CheckpointTensor> tensors, std::span<const Digest128> digests);
-struct NamedTensorDigest {
-  std::string_view name;
-  DType dtype;
-  std::span<const uint64_t> shape;
-  Digest128 digest;
-};
-Digest128 state_digest(std::span<const NamedTensorDigest> tensors);
+// The state digest (format v2): the sum of the tensor digests, which already bind each tensor's name,
+// dtype and shape. Independent of order, sharding and file metadata; updated in O(1) per changed tensor
+// by subtracting its old digest and adding its new one.
+Digest128 state_digest(std::span<const Digest128> tensor_digests);
 
 }  // namespace dws

@@ -1,7 +1,7 @@
-// dws/patch.h — patch format v1: create, read, verify and apply (docs/patch-format.md is normative).
+// dws/patch.h — patch format v2: create, read, verify and apply (docs/patch-format.md is normative).
 //
 // A patch is a safetensors file. Its "__metadata__" holds "dws.format" = "dws-patch",
-// "dws.format_version" = "1" and "dws.patch" = a JSON document naming the base and target state digests,
+// "dws.format_version" = "2" and "dws.patch" = a JSON document naming the base and target state digests,
 // the target's layout, and for every changed tensor its dtype, shape, encoding, change count, base and
 // target digests and the payload tensors (plain safetensors tensors in the same file) that encode it.
 #pragma once
@@ -20,7 +20,7 @@
 
 namespace dws {
 
-inline constexpr uint32_t kPatchFormatVersion = 1;
+inline constexpr uint32_t kPatchFormatVersion = 2;  // 2: additive tensor digests (1: XXH3-128)
 
 struct PatchTensor {
   std::string name;
@@ -30,8 +30,8 @@ struct PatchTensor {
   std::vector<uint64_t> shape;
   uint64_t changes = 0;            // changed elements (all elements for kFull)
   DType index_dtype = DType::kU8;  // positions' dtype (indices, gaps, gaps_zstd)
-  std::optional<Digest128> base_digest;  // XXH3-128 of the base tensor (kModified, kReplaced)
-  Digest128 target_digest;               // XXH3-128 of the target tensor
+  std::optional<Digest128> base_digest;  // tensor digest (dws/digest.h) of the base tensor (kModified, kReplaced)
+  Digest128 target_digest;               // tensor digest of the target tensor
   Digest128 payload_hash;                // XXH3-128 of the payload tensors' bytes, concatenated in order
   std::vector<std::string> payload_names;
   std::vector<const TensorInfo*> payloads;  // resolved in the patch file, aligned with payload_names
@@ -96,6 +96,10 @@ struct CreatePatchOptions {
   // native: also try coding positions per class of the base value (its exponent): ~25% smaller on AdamW
   // steps, but encoding and every apply then scan whole base tensors, O(elements) instead of O(changes).
   bool class_positions = false;
+  // Tensor digests of the base the caller vouches for (e.g. the publisher's snapshot, as pull recorded
+  // them). When they name every base tensor the base is not hashed; wrong ones yield a patch that every
+  // receiver refuses. Target digests are always derived from the base's and the changes.
+  const TensorDigests* base_digests = nullptr;
 };
 
 struct PatchStats {
@@ -116,6 +120,12 @@ Result<PatchStats> create_patch(const Checkpoint& base, const Checkpoint& target
 struct ApplyOptions {
   size_t threads = 0;      // 0: all cores
   bool overwrite = false;  // apply_patch: replace an existing output
+  // Tensor digests of the base that the caller vouches for (dws pull keeps them beside the checkpoint and
+  // trusts them only while its files are untouched). When they name every base tensor the base is not
+  // rescanned, so the in-place apply reads and checks in O(tensors + changes); otherwise apply computes
+  // them, reading the whole base. Wrong digests make the apply refuse or, worse, certify a base that
+  // differs from what the patch expects, so pass only digests you recorded after a verified write.
+  const TensorDigests* base_digests = nullptr;
 };
 
 struct ApplyStats {
@@ -125,6 +135,7 @@ struct ApplyStats {
   uint64_t changes = 0;           // elements written by scatter
   bool rewrote_files = false;     // in place: the layout changed, so files were rewritten and swapped in
   std::string target_state_digest;
+  TensorDigests target_digests;   // every tensor of the result, verified; feed to the next apply
 };
 
 // Applies the patch to the checkpoint at base_path and writes the result to out_path (a file or, when the

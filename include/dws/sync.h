@@ -7,7 +7,8 @@
 // commit version N.
 //
 // A receiver's local checkpoint carries a sidecar, "<checkpoint>.dws-version" (JSON: store, version,
-// state digest), rewritten atomically after every applied version. Pulls are transactional per version:
+// state digest, tensor digests, the files' stamps), rewritten atomically after every applied version.
+// While the stamps match, the next pull trusts the digests and reads and checks only what changes. Pulls are transactional per version:
 // each delta is applied in place through the crash-safe journal of apply_patch_in_place, and an anchor
 // is restored into a temp copy that replaces the local checkpoint atomically; an interrupted pull leaves
 // the checkpoint at some complete version (or with a journal that the next pull replays first).
@@ -99,6 +100,10 @@ Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, 
 struct PullOptions {
   std::optional<uint64_t> version;  // default: the latest
   size_t threads = 0;
+  // Rescan the local checkpoint to identify its version, instead of trusting the tensor digests its
+  // sidecar recorded (which pull trusts only while the files' size, inode, mtime and ctime are as
+  // recorded). For when the files may have changed behind a stamp, e.g. a disk error.
+  bool audit = false;
   // Called after each applied version (progress); may be empty.
   std::function<void(uint64_t version, bool from_anchor)> on_version;
 };
@@ -111,6 +116,8 @@ struct PullResult {
   std::vector<uint64_t> applied;         // versions applied as deltas
   uint64_t bytes_downloaded = 0;
   std::string state_digest;
+  bool rescanned = false;                // the local checkpoint was read whole to identify it
+  TensorDigests tensor_digests;          // of the local checkpoint now, verified (empty if unknown)
 };
 
 // Brings local_path (a checkpoint, or a path that does not exist yet) to the requested version.
@@ -124,6 +131,7 @@ struct FollowOptions {
   std::function<bool()> keep_going;         // checked before every pull; empty: forever
   std::function<void(const PullResult&)> on_pull;  // after each pull that reached a new version
   size_t threads = 0;
+  bool audit = false;                       // the first pull rescans the local checkpoint (PullOptions::audit)
 };
 
 // Keeps local_path at the store's latest version: pull, then wait for a poke or the poll interval.

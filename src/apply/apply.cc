@@ -37,12 +37,36 @@ codec::DecodeParams decode_params(const PatchTensor& t) {
   return {t.encoding, t.dtype, t.numel(), t.changes, t.index_dtype};
 }
 
+// The base tensors' digests, aligned with base.tensors(): the caller's when they cover every tensor,
+// otherwise computed (reads the whole base).
+std::vector<Digest128> base_tensor_digests(const Checkpoint& base, const ApplyOptions& options) {
+  if (options.base_digests) {
+    std::vector<Digest128> out;
+    out.reserve(base.tensors().size());
+    for (const CheckpointTensor& t : base.tensors()) {
+      auto it = options.base_digests->find(t.name);
+      if (it == options.base_digests->end()) break;
+      out.push_back(it->second);
+    }
+    if (out.size() == base.tensors().size()) return out;
+  }
+  return tensor_digests(base, options.threads);
+}
+
+struct Prepared {
+  CheckpointLayout layout;
+  std::vector<Digest128> base_digests;  // aligned with base.tensors()
+  TensorDigests target_digests;
+};
+
 // Checks the patch against the base and returns the fully specified target layout. Reads the whole base
-// once (tensor digests); writes nothing.
-Result<CheckpointLayout> prepare(const Checkpoint& base, const Patch& patch, size_t threads) {
+// once, unless the caller supplies its tensor digests; writes nothing.
+Result<Prepared> prepare(const Checkpoint& base, const Patch& patch, const ApplyOptions& options) {
   const PatchHeader& h = patch.header();
-  DWS_RETURN_IF_ERROR(patch.verify_payload_hashes(threads));
-  const std::vector<Digest128> digests = tensor_digests(base, threads);
+  DWS_RETURN_IF_ERROR(patch.verify_payload_hashes(options.threads));
+  Prepared out;
+  out.base_digests = base_tensor_digests(base, options);
+  const std::vector<Digest128>& digests = out.base_digests;
   auto digest_of = [&](const CheckpointTensor* t) { return digests[static_cast<size_t>(t - base.tensors().data())]; };
 
   // Per-tensor checks first: they name the tensor that does not match.
@@ -71,20 +95,19 @@ Result<CheckpointLayout> prepare(const Checkpoint& base, const Patch& patch, siz
                            digest_hex(r.base_digest));
     }
   }
-  const Digest128 base_state = state_digest(base.tensors(), digests);
+  const Digest128 base_state = state_digest(digests);
   if (base_state != h.base_state_digest) {
     return base_mismatch("base state digest " + digest_hex(base_state) + " != expected " + digest_hex(h.base_state_digest) +
                          " (a tensor the patch does not touch differs, or the base has extra tensors)");
   }
 
   // Complete the target layout from the base and check it accounts for every tensor.
-  CheckpointLayout layout = h.target_layout;
-  std::vector<NamedTensorDigest> target;
+  out.layout = h.target_layout;
   size_t carried_from_base = 0;
-  for (auto& shard : layout.shards) {
+  for (auto& shard : out.layout.shards) {
     for (auto& spec : shard.tensors) {
       if (const PatchTensor* t = h.find(spec.name)) {
-        target.push_back({spec.name, t->dtype, t->shape, t->target_digest});
+        out.target_digests[spec.name] = t->target_digest;
         continue;
       }
       const CheckpointTensor* b = base.find(spec.name);
@@ -93,7 +116,7 @@ Result<CheckpointLayout> prepare(const Checkpoint& base, const Patch& patch, siz
       }
       spec.dtype = b->dtype;
       spec.shape = b->shape;
-      target.push_back({spec.name, b->dtype, b->shape, digest_of(b)});
+      out.target_digests[spec.name] = digest_of(b);
       ++carried_from_base;
     }
   }
@@ -103,18 +126,45 @@ Result<CheckpointLayout> prepare(const Checkpoint& base, const Patch& patch, siz
     return make_error(ErrorCode::kPatchMetadata, "target layout keeps " + std::to_string(carried_from_base) +
                                                      " base tensors, the patch implies " + std::to_string(expected_from_base));
   }
-  std::sort(target.begin(), target.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
-  const Digest128 target_state = state_digest(target);
+  Digest128 target_state;
+  for (const auto& [name, d] : out.target_digests) target_state = digest_add(target_state, d);
   if (target_state != h.target_state_digest) {
     return make_error(ErrorCode::kPatchMetadata, "patch is inconsistent: its tensors imply target state " +
                                                      digest_hex(target_state) + ", it records " + digest_hex(h.target_state_digest));
   }
-  return layout;
+  return out;
+}
+
+Status target_mismatch(const std::string& what, const PatchTensor& t, const Digest128& got) {
+  return make_error(ErrorCode::kTargetMismatch, what + "tensor '" + t.name + "': result digest " + digest_hex(got) +
+                                                    " != target " + digest_hex(t.target_digest));
+}
+
+// Decodes a modified tensor's changes against `base` (which may alias the tensor being written: codecs.h
+// allows it), hands them to `write`, and checks the result's digest in O(changes): the verified base
+// digest plus the digest delta of the changes must equal the target digest.
+template <typename WriteFn>
+Status decode_checked(const Patch& patch, const PatchTensor& t, std::span<const std::byte> base, const Digest128& base_digest,
+                      const std::string& what, ApplyStats& stats, WriteFn&& write) {
+  const size_t w = dtype_size_bytes(t.dtype);
+  const TensorSeed seed = tensor_seed(t.name, t.dtype, t.shape);
+  TensorDigestDelta delta(seed, base, w);
+  Status st = codec::decode_changes(decode_params(t), payload_views(patch, t), base,
+                                    [&](std::span<const uint64_t> pos, std::span<const std::byte> vals) {
+                                      for (size_t i = 0; i < pos.size(); ++i) delta.set(pos[i], vals.data() + i * w);
+                                      stats.changes += pos.size();
+                                      return write(pos, vals);
+                                    });
+  if (!st.ok()) return st.with_context(what + "tensor '" + t.name + "'");
+  const Digest128 got = digest_add(base_digest, delta.delta());
+  if (got != t.target_digest) return target_mismatch(what, t, got);
+  ++stats.tensors_patched;
+  return Status::Ok();
 }
 
 // Produces one target tensor: a copy of the base tensor with the patch's changes, or the patch's data.
-Status fill_tensor(const Checkpoint& base, const Patch& patch, const TensorSpec& spec, std::span<std::byte> out,
-                   ApplyStats& stats) {
+Status fill_tensor(const Checkpoint& base, const Prepared& prep, const Patch& patch, const TensorSpec& spec,
+                   std::span<std::byte> out, ApplyStats& stats) {
   const PatchTensor* t = patch.header().find(spec.name);
   const CheckpointTensor* b = base.find(spec.name);
   if (!t) {
@@ -124,26 +174,17 @@ Status fill_tensor(const Checkpoint& base, const Patch& patch, const TensorSpec&
   if (t->encoding == Encoding::kFull) {
     std::memcpy(out.data(), patch.payload(*t, 0).data(), out.size());
     ++stats.tensors_written;
-  } else {
-    std::memcpy(out.data(), base.bytes(*b).data(), out.size());
-    const size_t w = dtype_size_bytes(t->dtype);
-    // Decoding against `out` (which now holds the base) keeps base reads and scatter writes on the same
-    // cache lines; codecs.h allows the aliasing.
-    Status st = codec::decode_changes(decode_params(*t), payload_views(patch, *t), out,
-                                      [&](std::span<const uint64_t> pos, std::span<const std::byte> vals) {
-                                        scatter(out, w, pos, vals);
-                                        stats.changes += pos.size();
-                                        return Status::Ok();
-                                      });
-    if (!st.ok()) return st.with_context("tensor '" + t->name + "'");
-    ++stats.tensors_patched;
+    const Digest128 got = tensor_digest(t->name, t->dtype, t->shape, out);
+    return got == t->target_digest ? Status::Ok() : target_mismatch("", *t, got);
   }
-  const Digest128 got = digest_bytes(out);
-  if (got != t->target_digest) {
-    return make_error(ErrorCode::kTargetMismatch, "tensor '" + t->name + "': result digest " + digest_hex(got) +
-                                                      " != target " + digest_hex(t->target_digest));
-  }
-  return Status::Ok();
+  std::memcpy(out.data(), base.bytes(*b).data(), out.size());
+  const size_t w = dtype_size_bytes(t->dtype);
+  const Digest128 base_digest = prep.base_digests[static_cast<size_t>(b - base.tensors().data())];
+  return decode_checked(patch, *t, out, base_digest, "", stats,
+                        [&](std::span<const uint64_t> pos, std::span<const std::byte> vals) {
+                          scatter(out, w, pos, vals);
+                          return Status::Ok();
+                        });
 }
 
 // For an in-place apply that keeps every file's layout: the new header bytes per shard (empty when the
@@ -189,17 +230,18 @@ std::optional<std::vector<std::string>> header_updates(const Checkpoint& ck, con
 Result<ApplyStats> apply_patch(const std::string& base_path, const Patch& patch, const std::string& out_path,
                                const ApplyOptions& options) {
   DWS_ASSIGN_OR_RETURN(Checkpoint base, Checkpoint::open(base_path));
-  auto layout = prepare(base, patch, options.threads);
-  if (!layout.ok()) return layout.status().with_context("apply");
+  auto prep = prepare(base, patch, options);
+  if (!prep.ok()) return prep.status().with_context("apply");
   ApplyStats stats;
   stats.tensors_removed = patch.header().removed.size();
-  Status st = write_checkpoint(out_path, *layout,
+  Status st = write_checkpoint(out_path, prep->layout,
                                [&](const TensorSpec& spec, std::span<std::byte> out) {
-                                 return fill_tensor(base, patch, spec, out, stats);
+                                 return fill_tensor(base, *prep, patch, spec, out, stats);
                                },
                                options.overwrite);
   if (!st.ok()) return st.with_context("apply");
   stats.target_state_digest = digest_hex(patch.header().target_state_digest);
+  stats.target_digests = std::move(prep->target_digests);
   return stats;
 }
 
@@ -208,20 +250,21 @@ Result<ApplyStats> apply_patch_in_place(const std::string& checkpoint_path, cons
   Checkpoint::OpenOptions open_options;
   open_options.mode = SafetensorsFile::Mode::kReadWrite;
   DWS_ASSIGN_OR_RETURN(Checkpoint ck, Checkpoint::open(checkpoint_path, open_options));
-  auto layout = prepare(ck, patch, options.threads);
-  if (!layout.ok()) return layout.status().with_context("apply --in-place");
+  auto prep = prepare(ck, patch, options);
+  if (!prep.ok()) return prep.status().with_context("apply --in-place");
   const PatchHeader& h = patch.header();
   ApplyStats stats;
   stats.target_state_digest = digest_hex(h.target_state_digest);
   stats.tensors_removed = h.removed.size();
+  stats.target_digests = prep->target_digests;
 
-  auto updates = header_updates(ck, *layout, h);
+  auto updates = header_updates(ck, prep->layout, h);
   if (!updates) {
     // The layout changes: write complete new files and swap them in atomically.
     stats.rewrote_files = true;
-    Status st = write_checkpoint(checkpoint_path, *layout,
+    Status st = write_checkpoint(checkpoint_path, prep->layout,
                                  [&](const TensorSpec& spec, std::span<std::byte> out) {
-                                   return fill_tensor(ck, patch, spec, out, stats);
+                                   return fill_tensor(ck, *prep, patch, spec, out, stats);
                                  },
                                  /*overwrite=*/true);
     if (!st.ok()) return st.with_context("apply --in-place");
@@ -234,33 +277,24 @@ Result<ApplyStats> apply_patch_in_place(const std::string& checkpoint_path, cons
   for (uint32_t s = 0; s < updates->size(); ++s) {
     if (!(*updates)[s].empty()) DWS_RETURN_IF_ERROR(journal.add_range(s, 0, std::as_bytes(std::span((*updates)[s]))));
   }
-  // Decode every tensor into the journal, checking its result digest on a scratch copy, before any write.
-  std::vector<std::byte> scratch;
+  // Decode every tensor into the journal, checking its result digest in O(changes), before any write.
   for (const PatchTensor& t : h.tensors) {
     const CheckpointTensor* b = ck.find(t.name);
     const uint64_t data_offset = ck.shard(b->shard).header().data_offset() + b->info->data_begin;
     const auto base_bytes = ck.bytes(*b);
-    scratch.assign(base_bytes.begin(), base_bytes.end());
     if (t.encoding == Encoding::kFull) {
+      const Digest128 got = tensor_digest(t.name, t.dtype, t.shape, patch.payload(t, 0));
+      if (got != t.target_digest) return target_mismatch("apply --in-place: ", t, got);
       DWS_RETURN_IF_ERROR(journal.add_range(b->shard, data_offset, patch.payload(t, 0)));
-      std::memcpy(scratch.data(), patch.payload(t, 0).data(), scratch.size());
       ++stats.tensors_written;
-    } else {
-      const size_t w = dtype_size_bytes(t.dtype);
-      Status st = codec::decode_changes(decode_params(t), payload_views(patch, t), base_bytes,
-                                        [&](std::span<const uint64_t> pos, std::span<const std::byte> vals) {
-                                          scatter(scratch, w, pos, vals);
-                                          stats.changes += pos.size();
-                                          return journal.add_scatter(b->shard, data_offset, static_cast<uint32_t>(w), pos, vals);
-                                        });
-      if (!st.ok()) return st.with_context("apply --in-place: tensor '" + t.name + "'");
-      ++stats.tensors_patched;
+      continue;
     }
-    const Digest128 got = digest_bytes(scratch);
-    if (got != t.target_digest) {
-      return make_error(ErrorCode::kTargetMismatch, "apply --in-place: tensor '" + t.name + "': result digest " +
-                                                        digest_hex(got) + " != target " + digest_hex(t.target_digest));
-    }
+    const uint32_t w = static_cast<uint32_t>(dtype_size_bytes(t.dtype));
+    const Digest128 base_digest = prep->base_digests[static_cast<size_t>(b - ck.tensors().data())];
+    DWS_RETURN_IF_ERROR(decode_checked(patch, t, base_bytes, base_digest, "apply --in-place: ", stats,
+                                       [&](std::span<const uint64_t> pos, std::span<const std::byte> vals) {
+                                         return journal.add_scatter(b->shard, data_offset, w, pos, vals);
+                                       }));
   }
   ck = Checkpoint();  // release the mappings; replay maps the files itself
   DWS_RETURN_IF_ERROR(journal.commit());

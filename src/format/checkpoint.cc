@@ -238,33 +238,38 @@ Status write_checkpoint(const std::string& path, const CheckpointLayout& layout,
 // ---- digests ----
 
 std::vector<Digest128> tensor_digests(const Checkpoint& checkpoint, size_t threads) {
+  // The digest is a sum over words, so big tensors split into chunks that hash in parallel.
+  constexpr uint64_t kChunkBytes = 8ull << 20;  // a multiple of the 8-byte word
   const auto& tensors = checkpoint.tensors();
-  std::vector<Digest128> out(tensors.size());
+  std::vector<TensorSeed> seeds(tensors.size());
+  struct Chunk {
+    size_t tensor;
+    uint64_t begin;
+    Digest128 sum;
+  };
+  std::vector<Chunk> chunks;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    seeds[i] = tensor_seed(tensors[i].name, tensors[i].dtype, tensors[i].shape);
+    const uint64_t size = checkpoint.bytes(tensors[i]).size();
+    for (uint64_t at = 0; at < size; at += kChunkBytes) chunks.push_back({i, at, {}});
+  }
   ThreadPool pool(threads);
-  pool.parallel_for(tensors.size(), [&](size_t i) { out[i] = digest_bytes(checkpoint.bytes(tensors[i])); });
+  pool.parallel_for(chunks.size(), [&](size_t c) {
+    Chunk& ch = chunks[c];
+    const auto bytes = checkpoint.bytes(tensors[ch.tensor]);
+    ch.sum = words_digest(seeds[ch.tensor], bytes.subspan(ch.begin, std::min<uint64_t>(kChunkBytes, bytes.size() - ch.begin)),
+                          ch.begin / 8);
+  });
+  std::vector<Digest128> out(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) out[i] = seeds[i].term;
+  for (const Chunk& ch : chunks) out[ch.tensor] = digest_add(out[ch.tensor], ch.sum);
   return out;
 }
 
-Digest128 state_digest(std::span<const NamedTensorDigest> tensors) {
-  DigestStream s;
-  s.update_string("dws-state-v0");
-  s.update_u64(tensors.size());
-  for (const auto& t : tensors) {
-    s.update_string(t.name);
-    s.update_string(dtype_name(t.dtype));
-    s.update_u64(t.shape.size());
-    for (uint64_t d : t.shape) s.update_u64(d);
-    s.update_u64(t.digest.high);
-    s.update_u64(t.digest.low);
-  }
-  return s.finish();
-}
-
-Digest128 state_digest(std::span<const CheckpointTensor> tensors, std::span<const Digest128> digests) {
-  std::vector<NamedTensorDigest> named;
-  named.reserve(tensors.size());
-  for (size_t i = 0; i < tensors.size(); ++i) named.push_back({tensors[i].name, tensors[i].dtype, tensors[i].shape, digests[i]});
-  return state_digest(named);
+Digest128 state_digest(std::span<const Digest128> tensor_digests) {
+  Digest128 sum;
+  for (const Digest128& d : tensor_digests) sum = digest_add(sum, d);
+  return sum;
 }
 
 }  // namespace dws

@@ -419,7 +419,7 @@ Status Patch::verify(size_t threads) const {
   pool.parallel_for(tensors.size(), [&](size_t i) {
     const PatchTensor& t = tensors[i];
     if (t.encoding == Encoding::kFull) {
-      if (digest_bytes(payload(t, 0)) != t.target_digest) {
+      if (tensor_digest(t.name, t.dtype, t.shape, payload(t, 0)) != t.target_digest) {
         results[i] = make_error(ErrorCode::kTargetMismatch, "tensor '" + t.name + "': full payload does not hash to its target digest");
       }
       return;

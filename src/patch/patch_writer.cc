@@ -33,15 +33,46 @@ Result<PatchStats> create_patch(const Checkpoint& base, const Checkpoint& target
     return make_error(ErrorCode::kInvalidArgument, "diff: 'full' is not a patch encoding (it is used per tensor for added or re-shaped tensors)");
   }
   const std::vector<TensorDiff> diffs = diff_checkpoints(base, target, options.threads);
-  const std::vector<Digest128> base_digests = tensor_digests(base, options.threads);
-  const std::vector<Digest128> target_digests = tensor_digests(target, options.threads);
+  std::vector<Digest128> base_digests;
+  if (options.base_digests) {
+    for (const CheckpointTensor& t : base.tensors()) {
+      auto it = options.base_digests->find(t.name);
+      if (it == options.base_digests->end()) break;
+      base_digests.push_back(it->second);
+    }
+  }
+  if (base_digests.size() != base.tensors().size()) base_digests = tensor_digests(base, options.threads);
   auto base_digest_of = [&](const CheckpointTensor* t) { return base_digests[static_cast<size_t>(t - base.tensors().data())]; };
+  // Target digests from the base's and the diff, in O(changes) per modified tensor; added and replaced
+  // tensors are hashed whole.
+  std::vector<Digest128> target_digests(target.tensors().size());
+  {
+    ThreadPool pool(options.threads);
+    pool.parallel_for(diffs.size(), [&](size_t i) {
+      const TensorDiff& d = diffs[i];
+      if (!d.target) return;
+      Digest128& out = target_digests[static_cast<size_t>(d.target - target.tensors().data())];
+      const CheckpointTensor& t = *d.target;
+      if (d.change == TensorChange::kUnchanged) {
+        out = base_digest_of(d.base);
+      } else if (d.change == TensorChange::kModified) {
+        const TensorSeed seed = tensor_seed(t.name, t.dtype, t.shape);
+        const size_t w = dtype_size_bytes(t.dtype);
+        const std::byte* values = target.bytes(t).data();
+        TensorDigestDelta delta(seed, base.bytes(*d.base), w);
+        for (uint64_t p : d.positions) delta.set(p, values + p * w);
+        out = digest_add(base_digest_of(d.base), delta.delta());
+      } else {
+        out = tensor_digest(t.name, t.dtype, t.shape, target.bytes(t));
+      }
+    });
+  }
   auto target_digest_of = [&](const CheckpointTensor* t) { return target_digests[static_cast<size_t>(t - target.tensors().data())]; };
 
   PatchHeader header;
   header.encoding = options.encoding;
-  header.base_state_digest = state_digest(base.tensors(), base_digests);
-  header.target_state_digest = state_digest(target.tensors(), target_digests);
+  header.base_state_digest = state_digest(base_digests);
+  header.target_state_digest = state_digest(target_digests);
   header.target_layout = target.layout();
 
   PatchStats stats;

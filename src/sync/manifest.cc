@@ -12,7 +12,7 @@ namespace {
 using json = nlohmann::json;
 
 constexpr std::string_view kManifestFormat = "dws-version";
-constexpr uint64_t kManifestFormatVersion = 1;
+constexpr uint64_t kManifestFormatVersion = 2;  // 2: state digests are format-v2 sums
 constexpr size_t kMaxFiles = 100000;
 
 Status bad(const std::string& msg) { return make_error(ErrorCode::kPatchMetadata, "manifest: " + msg); }
@@ -90,7 +90,7 @@ Result<VersionManifest> parse_manifest(std::string_view text) {
   if (format != kManifestFormat) return bad("format is '" + format + "', not 'dws-version'");
   DWS_RETURN_IF_ERROR(get_u64(doc, "format_version", &format_version));
   if (format_version != kManifestFormatVersion) {
-    return make_error(ErrorCode::kUnsupported, "manifest: format_version " + std::to_string(format_version) + " (this dws reads 1)");
+    return make_error(ErrorCode::kUnsupported, "manifest: format_version " + std::to_string(format_version) + " (this dws reads " + std::to_string(kManifestFormatVersion) + ")");
   }
   VersionManifest m;
   DWS_RETURN_IF_ERROR(get_u64(doc, "version", &m.version));
@@ -223,7 +223,7 @@ std::string fold_manifest_key(uint64_t from_version, uint64_t to_version) {
 
 std::string serialize_fold_manifest(const FoldManifest& m) {
   nlohmann::json doc = {{"format", "dws-fold"},
-                        {"format_version", 1},
+                        {"format_version", kManifestFormatVersion},
                         {"from_version", m.from_version},
                         {"to_version", m.to_version},
                         {"base_state_digest", m.base_state_digest},
@@ -241,7 +241,7 @@ Result<FoldManifest> parse_fold_manifest(std::string_view text) {
   DWS_RETURN_IF_ERROR(get_str(doc, "format", &format));
   if (format != "dws-fold") return bad("format is '" + format + "', not 'dws-fold'");
   DWS_RETURN_IF_ERROR(get_u64(doc, "format_version", &format_version));
-  if (format_version != 1) return make_error(ErrorCode::kUnsupported, "fold manifest: format_version " + std::to_string(format_version));
+  if (format_version != kManifestFormatVersion) return make_error(ErrorCode::kUnsupported, "fold manifest: format_version " + std::to_string(format_version));
   FoldManifest m;
   DWS_RETURN_IF_ERROR(get_u64(doc, "from_version", &m.from_version));
   DWS_RETURN_IF_ERROR(get_u64(doc, "to_version", &m.to_version));

@@ -43,7 +43,7 @@ Result<std::string> file_xxh3(const std::string& path) {
 }
 
 Result<std::string> checkpoint_state_digest(const Checkpoint& cp, size_t threads) {
-  return digest_hex(state_digest(cp.tensors(), tensor_digests(cp, threads)));
+  return digest_hex(state_digest(tensor_digests(cp, threads)));
 }
 
 void remove_quietly(const std::string& path) {
@@ -97,11 +97,44 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 using namespace sync_util;
 
-constexpr uint64_t kMaxSidecarBytes = 1 << 20;
+constexpr uint64_t kMaxSidecarBytes = 256ull << 20;  // ~50 bytes per tensor digest
+
+// The files that make up a checkpoint on disk: {name inside, local path}.
+std::vector<std::pair<std::string, std::string>> checkpoint_files(const Checkpoint& cp) {
+  std::vector<std::pair<std::string, std::string>> out;
+  if (!cp.is_directory()) {
+    out.push_back({"", cp.path()});
+    return out;
+  }
+  for (const auto& shard : cp.layout().shards) out.push_back({shard.file, cp.path() + "/" + shard.file});
+  if (cp.layout().has_index) out.push_back({std::string(kIndexFileName), cp.path() + "/" + std::string(kIndexFileName)});
+  return out;
+}
+
+// What the sidecar records of each file of the checkpoint, to tell whether anything wrote to it since.
+// ctime cannot be set back by a user (utimes moves it to now), so a later write changes the stamp.
+json file_stamps(const std::string& local_path) {
+  auto cp = Checkpoint::open(local_path);
+  if (!cp.ok()) return json();
+  json out = json::array();
+  for (const auto& [name, path] : checkpoint_files(*cp)) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) return json();
+    out.push_back({{"file", name}, {"size", static_cast<uint64_t>(st.st_size)}, {"ino", static_cast<uint64_t>(st.st_ino)},
+                   {"dev", static_cast<uint64_t>(st.st_dev)},
+                   {"mtime_ns", static_cast<uint64_t>(st.st_mtim.tv_sec) * 1000000000ull + static_cast<uint64_t>(st.st_mtim.tv_nsec)},
+                   {"ctime_ns", static_cast<uint64_t>(st.st_ctim.tv_sec) * 1000000000ull + static_cast<uint64_t>(st.st_ctim.tv_nsec)}});
+  }
+  return out;
+}
 
 struct LocalState {
   uint64_t version = 0;
   std::string state_digest;
+  // The tensor digests recorded with the version, present only when the checkpoint's files still carry
+  // the stamps recorded with them and the digests add up to the state digest: then they describe the
+  // bytes on disk without reading them.
+  std::optional<TensorDigests> tensor_digests;
 };
 
 Result<std::optional<LocalState>> read_sidecar(const std::string& local_path) {
@@ -113,23 +146,47 @@ Result<std::optional<LocalState>> read_sidecar(const std::string& local_path) {
       !doc->contains("state_digest") || !(*doc)["state_digest"].is_string()) {
     return std::optional<LocalState>();  // unreadable: treated as unknown, the pull identifies the state
   }
-  return std::optional<LocalState>(LocalState{(*doc)["version"].get<uint64_t>(), (*doc)["state_digest"].get<std::string>()});
+  LocalState state{(*doc)["version"].get<uint64_t>(), (*doc)["state_digest"].get<std::string>(), std::nullopt};
+  const json* tensors = doc->contains("tensors") ? &(*doc)["tensors"] : nullptr;
+  const json* stamps = doc->contains("files") ? &(*doc)["files"] : nullptr;
+  if (tensors && tensors->is_object() && stamps && stamps->is_array() && *stamps == file_stamps(local_path)) {
+    TensorDigests digests;
+    Digest128 sum;
+    bool ok = true;
+    for (const auto& [name, hex] : tensors->items()) {
+      auto d = hex.is_string() ? digest_from_hex(hex.get<std::string>()) : std::nullopt;
+      if (!d) {
+        ok = false;
+        break;
+      }
+      digests.emplace(name, *d);
+      sum = digest_add(sum, *d);
+    }
+    if (ok && digest_hex(sum) == state.state_digest) state.tensor_digests = std::move(digests);
+  }
+  return std::optional<LocalState>(std::move(state));
 }
 
-Status write_sidecar(const std::string& local_path, const Store& store, uint64_t version, const std::string& digest) {
-  json doc = {{"format", "dws-local"}, {"store", store.describe()}, {"version", version}, {"state_digest", digest}};
+// Records the local checkpoint's version; with its tensor digests (verified by the apply that produced
+// the files, or by a rescan) and the files' stamps, so that the next pull can trust them untouched.
+Status write_sidecar(const std::string& local_path, const Store& store, uint64_t version, const std::string& digest,
+                     const TensorDigests* tensor_digests) {
+  json doc = {{"format", "dws-local"}, {"format_version", 2}, {"store", store.describe()}, {"version", version}, {"state_digest", digest}};
+  if (tensor_digests) {
+    json tensors = json::object();
+    for (const auto& [name, d] : *tensor_digests) tensors[name] = digest_hex(d);
+    json stamps = file_stamps(local_path);
+    if (!stamps.is_null()) {
+      doc["tensors"] = std::move(tensors);
+      doc["files"] = std::move(stamps);
+    }
+  }
   return io::write_file_atomic(sidecar_path(local_path), doc.dump() + "\n");
 }
 
-// The files that make up a checkpoint on disk: {name inside, local path}.
-std::vector<std::pair<std::string, std::string>> checkpoint_files(const Checkpoint& cp) {
-  std::vector<std::pair<std::string, std::string>> out;
-  if (!cp.is_directory()) {
-    out.push_back({"", cp.path()});
-    return out;
-  }
-  for (const auto& shard : cp.layout().shards) out.push_back({shard.file, cp.path() + "/" + shard.file});
-  if (cp.layout().has_index) out.push_back({std::string(kIndexFileName), cp.path() + "/" + std::string(kIndexFileName)});
+TensorDigests digests_by_name(const Checkpoint& cp, const std::vector<Digest128>& digests) {
+  TensorDigests out;
+  for (size_t i = 0; i < cp.tensors().size(); ++i) out.emplace(cp.tensors()[i].name, digests[i]);
   return out;
 }
 
@@ -200,16 +257,16 @@ class Puller {
     Status chain_status = Status::Ok();
     if (fold && cheaper(fold_bytes, chain_bytes) && cheaper(fold_bytes, anchor_bytes)) {
       chain_status = apply_object(local_, fold->file, fold->base_state_digest, fold->state_digest,
-                                  "fold " + std::to_string(fold->from_version) + "->" + std::to_string(fold->to_version));
+                                  "fold " + std::to_string(fold->from_version) + "->" + std::to_string(fold->to_version), digests_);
       if (chain_status.ok()) {
         result_.used_fold = true;
-        chain_status = write_sidecar(local_, store_, fold->to_version, fold->state_digest);
+        chain_status = write_sidecar(local_, store_, fold->to_version, fold->state_digest, digests_ ? &*digests_ : nullptr);
         if (options_.on_version) options_.on_version(fold->to_version, false);
       }
-      if (chain_status.ok()) chain_status = apply_chain(local_, fold->to_version, target, /*update_sidecar=*/true);
+      if (chain_status.ok()) chain_status = apply_chain(local_, fold->to_version, target, /*update_sidecar=*/true, digests_);
       if (chain_status.ok()) return finish(target);
     } else if (cheaper(chain_bytes, anchor_bytes)) {
-      chain_status = apply_chain(local_, *local_v, target, /*update_sidecar=*/true);
+      chain_status = apply_chain(local_, *local_v, target, /*update_sidecar=*/true, digests_);
       if (chain_status.ok()) return finish(target);
       // Fall through to the anchor, which does not depend on the local state.
     }
@@ -235,6 +292,7 @@ class Puller {
     DWS_ASSIGN_OR_RETURN(const VersionManifest* m, manifest(target));
     result_.version = target;
     result_.state_digest = m->state_digest;
+    if (digests_) result_.tensor_digests = std::move(*digests_);
     return result_;
   }
 
@@ -247,24 +305,31 @@ class Puller {
     return &it->second;
   }
 
-  // The local version: the sidecar's if its digest matches that version's manifest; otherwise the
-  // version whose state digest equals the checkpoint's (computed, O(model)); nullopt when there is no
-  // checkpoint or it matches no version up to the target.
+  // The local version and its tensor digests: the sidecar's when its files are untouched since it was
+  // written and its digest matches that version's manifest (O(tensors)); otherwise the version whose
+  // state digest equals the checkpoint's, rescanned (O(model)); nullopt when there is no checkpoint or
+  // it matches no version up to the target.
   Result<std::optional<uint64_t>> identify_local(uint64_t target) {
     if (!io::path_exists(local_)) return std::optional<uint64_t>();
     DWS_ASSIGN_OR_RETURN(std::optional<LocalState> side, read_sidecar(local_));
-    if (side && std::binary_search(versions_.begin(), versions_.end(), side->version)) {
+    if (side && side->tensor_digests && !options_.audit && std::binary_search(versions_.begin(), versions_.end(), side->version)) {
       auto m = manifest(side->version);
-      if (m.ok() && (*m)->state_digest == side->state_digest) return std::optional<uint64_t>(side->version);
+      if (m.ok() && (*m)->state_digest == side->state_digest) {
+        digests_ = std::move(side->tensor_digests);
+        return std::optional<uint64_t>(side->version);
+      }
     }
     auto cp = Checkpoint::open(local_);
     if (!cp.ok()) return std::optional<uint64_t>();  // not a checkpoint: replaced from an anchor
-    DWS_ASSIGN_OR_RETURN(std::string digest, checkpoint_state_digest(*cp, options_.threads));
+    const std::vector<Digest128> digests = tensor_digests(*cp, options_.threads);
+    const std::string digest = digest_hex(state_digest(digests));
+    result_.rescanned = true;
     for (auto it = versions_.rbegin(); it != versions_.rend(); ++it) {
       if (*it > target) continue;
       auto m = manifest(*it);
       if (m.ok() && (*m)->state_digest == digest) {
-        DWS_RETURN_IF_ERROR(write_sidecar(local_, store_, *it, digest));
+        digests_ = digests_by_name(*cp, digests);
+        DWS_RETURN_IF_ERROR(write_sidecar(local_, store_, *it, digest, &*digests_));
         return std::optional<uint64_t>(*it);
       }
     }
@@ -293,9 +358,10 @@ class Puller {
   }
 
   // Downloads one patch object, checks it against the digests its manifest promises, and applies it
-  // to the checkpoint at `path` in place (crash-safe).
+  // to the checkpoint at `path` in place (crash-safe). `digests`, when known, are the checkpoint's tensor
+  // digests (verified): the apply then reads only what changes, and they move to the new version.
   Status apply_object(const std::string& path, const VersionFile& file, const std::string& base_digest,
-                      const std::string& target_digest, const std::string& what) {
+                      const std::string& target_digest, const std::string& what, std::optional<TensorDigests>& digests) {
     const std::string tmp = scratch_path(local_, "patch");
     Status st = download_verified(store_, file, tmp);
     if (st.ok()) {
@@ -306,8 +372,14 @@ class Puller {
                  digest_hex(patch->header().base_state_digest) != base_digest) {
         st = make_error(ErrorCode::kPatchMetadata, "the patch's state digests disagree with its manifest");
       } else {
-        auto applied = apply_patch_in_place(path, *patch, {options_.threads, false});
-        st = applied.ok() ? Status::Ok() : applied.status();
+        ApplyOptions ao{options_.threads, false, digests ? &*digests : nullptr};
+        auto applied = apply_patch_in_place(path, *patch, ao);
+        if (applied.ok()) {
+          digests = std::move(applied->target_digests);
+        } else {
+          digests.reset();  // whatever happened, they are no longer known to describe the files
+          st = applied.status();
+        }
       }
     }
     remove_quietly(tmp);
@@ -317,7 +389,8 @@ class Puller {
   }
 
   // Applies deltas from+1..to to the checkpoint at `path` in place, one crash-safe apply each.
-  Status apply_chain(const std::string& path, uint64_t from, uint64_t to, bool update_sidecar) {
+  Status apply_chain(const std::string& path, uint64_t from, uint64_t to, bool update_sidecar,
+                     std::optional<TensorDigests>& digests) {
     for (uint64_t v = from + 1; v <= to; ++v) {
       DWS_ASSIGN_OR_RETURN(const VersionManifest* m, manifest(v));
       const VersionFile* delta = nullptr;
@@ -325,9 +398,9 @@ class Puller {
         if (f.role == "delta") delta = &f;
       }
       if (!delta) return make_error(ErrorCode::kNotFound, "pull: version " + std::to_string(v) + " has no delta");
-      DWS_RETURN_IF_ERROR(apply_object(path, *delta, m->base_state_digest, m->state_digest, "version " + std::to_string(v)));
+      DWS_RETURN_IF_ERROR(apply_object(path, *delta, m->base_state_digest, m->state_digest, "version " + std::to_string(v), digests));
       result_.applied.push_back(v);
-      if (update_sidecar) DWS_RETURN_IF_ERROR(write_sidecar(path, store_, v, m->state_digest));
+      if (update_sidecar) DWS_RETURN_IF_ERROR(write_sidecar(path, store_, v, m->state_digest, digests ? &*digests : nullptr));
       if (options_.on_version) options_.on_version(v, false);
     }
     return Status::Ok();
@@ -347,19 +420,23 @@ class Puller {
         DWS_RETURN_IF_ERROR(download_verified(store_, f, m->sharded ? scratch + "/" + f.name : scratch));
         result_.bytes_downloaded += f.size_bytes;
       }
+      std::optional<TensorDigests> digests;
       {
         DWS_ASSIGN_OR_RETURN(Checkpoint cp, Checkpoint::open(scratch));
-        DWS_ASSIGN_OR_RETURN(std::string digest, checkpoint_state_digest(cp, options_.threads));
+        const std::vector<Digest128> d = tensor_digests(cp, options_.threads);
+        const std::string digest = digest_hex(state_digest(d));
         if (digest != m->state_digest) {
           return make_error(ErrorCode::kTargetMismatch, "pull: anchor of version " + std::to_string(anchor) +
                                                             " has state digest " + digest + ", its manifest says " + m->state_digest);
         }
+        digests = digests_by_name(cp, d);
       }
       if (options_.on_version) options_.on_version(anchor, true);
-      DWS_RETURN_IF_ERROR(apply_chain(scratch, anchor, target, /*update_sidecar=*/false));
+      DWS_RETURN_IF_ERROR(apply_chain(scratch, anchor, target, /*update_sidecar=*/false, digests));
       DWS_RETURN_IF_ERROR(replace_checkpoint(scratch, local_));
       DWS_ASSIGN_OR_RETURN(const VersionManifest* tm, manifest(target));
-      return write_sidecar(local_, store_, target, tm->state_digest);
+      digests_ = std::move(digests);
+      return write_sidecar(local_, store_, target, tm->state_digest, digests_ ? &*digests_ : nullptr);
     }();
     if (!st.ok()) {
       remove_quietly(scratch);
@@ -375,6 +452,7 @@ class Puller {
   const PullOptions& options_;
   std::vector<uint64_t> versions_;
   std::map<uint64_t, VersionManifest> manifests_;
+  std::optional<TensorDigests> digests_;  // of local_, verified, when known
   PullResult result_;
 };
 
@@ -394,8 +472,10 @@ Status follow(Store& store, const std::string& local_path, const FollowOptions& 
   std::optional<uint64_t> last;
   PullOptions po;
   po.threads = options.threads;
+  po.audit = options.audit;
   while (!options.keep_going || options.keep_going()) {
     auto r = pull(store, local_path, po);
+    po.audit = false;
     if (r.ok()) {
       if ((!last || *last != r->version) && options.on_pull) options.on_pull(*r);
       last = r->version;
@@ -452,7 +532,9 @@ Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, 
       auto pulled = pull(store, options.snapshot_path, po);
       if (!pulled.ok()) return pulled.status().with_context("publish: bringing the snapshot " + options.snapshot_path + " to version " + std::to_string(versions.back()));
       DWS_ASSIGN_OR_RETURN(Checkpoint snap, Checkpoint::open(options.snapshot_path));
-      DWS_ASSIGN_OR_RETURN(PatchStats ps, create_patch(snap, cp, scratch, options.patch));
+      CreatePatchOptions patch_options = options.patch;
+      if (!pulled->tensor_digests.empty()) patch_options.base_digests = &pulled->tensor_digests;
+      DWS_ASSIGN_OR_RETURN(PatchStats ps, create_patch(snap, cp, scratch, patch_options));
       const double density = ps.elements ? static_cast<double>(ps.changes) / static_cast<double>(ps.elements) : 0.0;
       const bool descends = ps.removed_tensors == 0 && density <= options.max_delta_density;
       if (descends) {

@@ -184,12 +184,12 @@ Status merge_version(Store& store, const std::vector<Part>& parts, const std::st
     }
   }
   auto digest_of = [&](bool base) -> Digest128 {
-    std::vector<NamedTensorDigest> named;
+    std::vector<Digest128> digests;
     for (const PartTensor& t : all) {
       if (base && !t.base) continue;  // added in this version: not part of the base state
-      named.push_back({t.name, t.dtype, t.shape, base ? *t.base : t.target});
+      digests.push_back(base ? *t.base : t.target);
     }
-    return state_digest(named);
+    return state_digest(digests);
   };
   const Digest128 target_digest = digest_of(false);
   m.state_digest = digest_hex(target_digest);
@@ -340,12 +340,11 @@ Result<PublishResult> publish_part(Store& store, const std::string& checkpoint_p
   result.version = version;
   result.elements = part.elements;
   Status st = [&]() -> Status {
-    const std::vector<Digest128> target_digests = tensor_digests(cp, options.patch.threads);
-    for (size_t i = 0; i < cp.tensors().size(); ++i) {
-      const CheckpointTensor& t = cp.tensors()[i];
-      part.tensors.push_back({t.name, t.dtype, t.shape, std::nullopt, target_digests[i]});
-    }
-    if (!versions.empty()) {
+    for (const CheckpointTensor& t : cp.tensors()) part.tensors.push_back({t.name, t.dtype, t.shape, std::nullopt, {}});
+    if (versions.empty()) {
+      const std::vector<Digest128> target_digests = tensor_digests(cp, options.patch.threads);
+      for (size_t i = 0; i < cp.tensors().size(); ++i) part.tensors[i].target = target_digests[i];
+    } else {
       DWS_ASSIGN_OR_RETURN(VersionManifest latest, read_manifest(store, versions.back()));
       if (latest.writers != k) {
         return make_error(ErrorCode::kInvalidArgument, "publish: version " + std::to_string(versions.back()) + " was published by " +
@@ -357,7 +356,9 @@ Result<PublishResult> publish_part(Store& store, const std::string& checkpoint_p
       auto pulled = pull(store, options.snapshot_path, po);
       if (!pulled.ok()) return pulled.status().with_context("publish: bringing the snapshot " + options.snapshot_path + " to version " + std::to_string(versions.back()));
       DWS_ASSIGN_OR_RETURN(Checkpoint snap, Checkpoint::open(options.snapshot_path + "/" + shard_name));
-      DWS_ASSIGN_OR_RETURN(PatchStats ps, create_patch(snap, cp, scratch, options.patch));
+      CreatePatchOptions patch_options = options.patch;
+      if (!pulled->tensor_digests.empty()) patch_options.base_digests = &pulled->tensor_digests;
+      DWS_ASSIGN_OR_RETURN(PatchStats ps, create_patch(snap, cp, scratch, patch_options));
       const double density = ps.elements ? static_cast<double>(ps.changes) / static_cast<double>(ps.elements) : 0.0;
       if (ps.removed_tensors != 0 || density > options.max_delta_density) {
         return make_error(ErrorCode::kBaseMismatch, "publish: " + checkpoint_path + " does not descend from writer " + std::to_string(me) +
@@ -365,12 +366,22 @@ Result<PublishResult> publish_part(Store& store, const std::string& checkpoint_p
                                                         std::to_string(ps.changes) + " of " + std::to_string(ps.elements) + " elements differ, " +
                                                         std::to_string(ps.removed_tensors) + " tensors removed)");
       }
-      const std::vector<Digest128> base_digests = tensor_digests(snap, options.patch.threads);
+      // Base and target digests of the shard's tensors, from the patch: it names every tensor it
+      // touches; the others are unchanged, with the digests the snapshot's pull verified.
+      DWS_ASSIGN_OR_RETURN(Patch patch, Patch::open(scratch));
+      const std::vector<Digest128> snap_digests =
+          pulled->tensor_digests.empty() ? tensor_digests(snap, options.patch.threads) : std::vector<Digest128>();
       for (size_t i = 0; i < snap.tensors().size(); ++i) {
         const CheckpointTensor& t = snap.tensors()[i];
         auto it = std::lower_bound(part.tensors.begin(), part.tensors.end(), t.name,
                                    [](const PartTensor& a, const std::string& n) { return a.name < n; });
-        if (it != part.tensors.end() && it->name == t.name) it->base = base_digests[i];
+        if (it == part.tensors.end() || it->name != t.name) continue;
+        it->base = snap_digests.empty() ? pulled->tensor_digests.at(t.name) : snap_digests[i];
+        const PatchTensor* pt = patch.header().find(t.name);
+        it->target = pt ? pt->target_digest : *it->base;
+      }
+      for (PartTensor& t : part.tensors) {
+        if (const PatchTensor* pt = patch.header().find(t.name); pt && !t.base) t.target = pt->target_digest;  // added
       }
       part.base_version = versions.back();
       part.changes = ps.changes;
