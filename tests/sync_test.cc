@@ -679,5 +679,124 @@ TEST_F(SyncWriters, DisagreeingWriterCountsAndOverlappingTensorsAreRefused) {
   EXPECT_EQ(publish(*store_, split_step(dir_, 0)[1], o).status().code(), ErrorCode::kInvalidArgument);
 }
 
+TEST_F(SyncWriters, PublishingAStepTwiceIsIdempotent) {
+  auto with_step = [&](int content, uint32_t writer, uint64_t step) {
+    PublishOptions o;
+    o.writers = 2;
+    o.writer_index = writer;
+    o.snapshot_path = dir_ / ("snapshot-w" + std::to_string(writer));
+    o.step = step;
+    return publish(*store_, split_step(dir_, content)[writer], o);
+  };
+  ASSERT_TRUE(with_step(0, 0, 10).ok());
+  auto pending = with_step(0, 0, 10);  // a rerun while our part waits: nothing new
+  ASSERT_TRUE(pending.ok()) << pending.status().to_string();
+  EXPECT_TRUE(pending->already_published);
+  EXPECT_FALSE(pending->committed);
+  auto other = with_step(1, 1, 11);  // the other writer at another step is refused
+  ASSERT_FALSE(other.ok());
+  EXPECT_EQ(other.status().code(), ErrorCode::kInvalidArgument);
+  ASSERT_TRUE(with_step(0, 1, 10).ok());
+  ASSERT_EQ(list_versions(*store_)->size(), 1u);
+  for (uint32_t w : {0u, 1u}) {  // reruns after the commit: nothing new
+    auto again = with_step(0, w, 10);
+    ASSERT_TRUE(again.ok()) << again.status().to_string();
+    EXPECT_TRUE(again->already_published);
+    EXPECT_TRUE(again->committed);
+    EXPECT_EQ(again->version, 0u);
+  }
+  EXPECT_EQ(list_versions(*store_)->size(), 1u);
+  EXPECT_EQ(read_manifest(*store_, 0)->step, std::optional<uint64_t>(10));
+
+  // The single-writer publish honours it too.
+  auto single = open_store(dir_ / "single");
+  ASSERT_TRUE(single.ok());
+  PublishOptions o;
+  o.snapshot_path = dir_ / "snap-single.safetensors";
+  o.step = 7;
+  ASSERT_TRUE(publish(**single, test::trajectory_step(0), o).ok());
+  auto again = publish(**single, test::trajectory_step(0), o);
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->already_published);
+  EXPECT_EQ(list_versions(**single)->size(), 1u);
+}
+
+TEST_F(SyncWriters, KilledWritersNeverLeaveAPartialVersionAndRerunsComplete) {
+  // Two writer processes publish the halves of each step with --step; at a random moment one or both
+  // are killed with SIGKILL. After every kill the store verifies, and the latest version, if it moved,
+  // is the whole step (its state digest equals the unsplit checkpoint's). Rerunning the killed writers
+  // (a supervisor restarting a rank) completes the step exactly once.
+  std::mt19937_64 rng(71);
+  const std::string store = dir_ / "store";
+  std::vector<std::vector<std::string>> halves(9);
+  std::vector<std::string> whole_digest(9);
+  for (int s = 0; s <= 8; ++s) {
+    halves[static_cast<size_t>(s)] = split_step(dir_, s);
+    whole_digest[static_cast<size_t>(s)] = state_of(test::trajectory_step(s));
+  }
+  auto argv = [&](int content, uint32_t writer, uint64_t step) {
+    return std::vector<std::string>{DWS_CLI_PATH, "-q", "publish", store, halves[static_cast<size_t>(content)][writer],
+                                    "--writer", std::to_string(writer) + "/2", "--snapshot", dir_ / ("snap-w" + std::to_string(writer)),
+                                    "--step", std::to_string(step), "--anchor-every", "3"};
+  };
+  auto latest = [&]() -> std::optional<VersionManifest> {
+    auto v = list_versions(*store_);
+    EXPECT_TRUE(v.ok());
+    if (v->empty()) return std::nullopt;
+    auto m = read_manifest(*store_, v->back());
+    EXPECT_TRUE(m.ok());
+    return *m;
+  };
+  int killed = 0, moved_while_killed = 0;
+  const int trials = kill_trials();
+  for (int trial = 0; trial < trials; ++trial) {
+    const int content = trial % 9;
+    const uint64_t step = static_cast<uint64_t>(trial) + 1;
+    SCOPED_TRACE("trial " + std::to_string(trial));
+    const auto before = latest();
+    pid_t pids[2];
+    for (uint32_t w = 0; w < 2; ++w) pids[w] = test::spawn(argv(content, w, step), dir_ / ("log-w" + std::to_string(w)));
+    const int victims = static_cast<int>(rng() % 3);  // 0: writer 0, 1: writer 1, 2: both
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 50000));
+    for (uint32_t w = 0; w < 2; ++w) {
+      if (victims == 2 || victims == static_cast<int>(w)) ::kill(pids[w], SIGKILL);
+    }
+    for (uint32_t w = 0; w < 2; ++w) {
+      int status = 0;
+      ::waitpid(pids[w], &status, 0);
+      killed += WIFSIGNALED(status) ? 1 : 0;
+    }
+    auto report = verify_store(*store_, std::nullopt, false, 1);
+    ASSERT_TRUE(report.ok());
+    ASSERT_TRUE(report->ok()) << report->problems.front();
+    const auto now = latest();
+    if (now && (!before || now->version != before->version)) {
+      ++moved_while_killed;
+      EXPECT_EQ(now->step, std::optional<uint64_t>(step));
+      EXPECT_EQ(now->state_digest, whole_digest[static_cast<size_t>(content)]);
+    }
+    // The supervisor reruns both writers; whatever survived the kill, the step commits exactly once.
+    for (uint32_t w = 0; w < 2; ++w) {
+      auto args = argv(content, w, step);
+      args.erase(args.begin());
+      auto r = test::run_cli(args);
+      ASSERT_EQ(r.exit_code, 0) << "rerun of writer " << w << ": " << r.output;
+    }
+    const auto done = latest();
+    ASSERT_TRUE(done.has_value());
+    EXPECT_EQ(done->step, std::optional<uint64_t>(step));
+    EXPECT_EQ(done->state_digest, whole_digest[static_cast<size_t>(content)]);
+    EXPECT_EQ(done->version, before ? before->version + 1 : 0u) << "the step was published more than once";
+  }
+  auto report = verify_store(*store_, std::nullopt, true, 2);
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->ok()) << report->problems.front();
+  auto r = pull(*store_, dir_ / "recv", {});
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_TRUE(test::same_tensors(dir_ / "recv", test::trajectory_step((trials - 1) % 9)));
+  std::printf("[ info ] multi-writer publish: %d writer runs killed, the version moved in %d of %d trials before the rerun\n",
+              killed, moved_while_killed, trials);
+}
+
 }  // namespace
 }  // namespace dws

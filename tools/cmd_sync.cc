@@ -76,6 +76,7 @@ int cmd_publish(const SyncCommands& c, size_t threads, bool quiet) {
   }
   o.anchor_every = c.anchor_every;
   o.anchor = c.anchor;
+  o.step = c.step;
   o.max_delta_density = c.max_delta_density;
   o.snapshot_path = c.snapshot.empty() ? default_snapshot(**store) : c.snapshot;
   if (c.snapshot.empty() && o.writers > 1) o.snapshot_path += "-writer" + std::to_string(o.writer_index);
@@ -90,7 +91,11 @@ int cmd_publish(const SyncCommands& c, size_t threads, bool quiet) {
   const auto t0 = std::chrono::steady_clock::now();
   auto r = publish(**store, c.checkpoint, o);
   if (!r.ok()) return fail(r.status());
-  if (!quiet) {
+  if (!quiet && r->already_published) {
+    std::printf("step %llu is already in %s: %s version %llu; nothing published\n", static_cast<unsigned long long>(*o.step),
+                (*store)->describe().c_str(), r->committed ? "committed" : "our part of pending",
+                static_cast<unsigned long long>(r->version));
+  } else if (!quiet) {
     std::string what;
     if (r->has_delta) {
       char buf[160];
@@ -181,22 +186,24 @@ int cmd_log(const SyncCommands& c) {
                 {"state_digest", m->state_digest},
                 {"created", format_time(m->created_unix_ms)}};
     if (m->base_version) row["base_version"] = *m->base_version;
+    if (m->step) row["step"] = *m->step;
     rows.push_back(row);
   }
   if (c.as_json) {
     std::cout << json{{"store", (*store)->describe()}, {"versions", rows}}.dump(2) << "\n";
     return kExitOk;
   }
-  std::printf("%-8s %-13s %-6s %12s %12s %12s %9s  %-20s %s\n", "version", "kind", "base", "delta", "anchor", "changes",
-              "density", "created", "state");
+  std::printf("%-8s %-13s %-6s %-8s %12s %12s %12s %9s  %-20s %s\n", "version", "kind", "base", "step", "delta", "anchor",
+              "changes", "density", "created", "state");
   for (const auto& r : rows) {
     if (r.contains("error")) {
       std::printf("%-8llu error: %s\n", static_cast<unsigned long long>(r["version"].get<uint64_t>()), r["error"].get<std::string>().c_str());
       continue;
     }
-    std::printf("%-8llu %-13s %-6s %12s %12s %12llu %8.4f%%  %-20s %s\n", static_cast<unsigned long long>(r["version"].get<uint64_t>()),
+    std::printf("%-8llu %-13s %-6s %-8s %12s %12s %12llu %8.4f%%  %-20s %s\n", static_cast<unsigned long long>(r["version"].get<uint64_t>()),
                 r["kind"].get<std::string>().c_str(),
                 r.contains("base_version") ? std::to_string(r["base_version"].get<uint64_t>()).c_str() : "-",
+                r.contains("step") ? std::to_string(r["step"].get<uint64_t>()).c_str() : "-",
                 r["delta_bytes"].get<uint64_t>() ? human_bytes(r["delta_bytes"].get<uint64_t>()).c_str() : "-",
                 r["anchor_bytes"].get<uint64_t>() ? human_bytes(r["anchor_bytes"].get<uint64_t>()).c_str() : "-",
                 static_cast<unsigned long long>(r["changes"].get<uint64_t>()), 100.0 * r["density"].get<double>(),
@@ -280,6 +287,9 @@ void add_sync_commands(CLI::App& app, SyncCommands& c) {
   c.publish->add_option("--writer", c.writer,
                         "I/K: this is writer I (from 0) of K, publishing its own tensors as one file; the version commits "
                         "when all K parts are in");
+  c.publish->add_option("--step", c.step,
+                        "The trainer's step id, recorded in the version; publishing a step the latest version (or this "
+                        "writer's pending part) already carries does nothing, so a rerun after a crash is safe");
   c.publish->add_option("--notify", c.notify_urls, "Receiver URL to poke after the commit, e.g. http://host:8765 (repeatable)");
   c.publish->add_option("--notify-token-file", c.token_file, "File holding the shared notification token (else $DWS_NOTIFY_TOKEN)");
   c.publish->add_option("--max-delta-density", c.max_delta_density,

@@ -22,6 +22,7 @@ struct SyncCommands {
   std::string store, checkpoint, snapshot, encoding = "auto";
   uint64_t anchor_every = 16;
   std::string writer;  // "I/K"; empty: the only writer
+  std::optional<uint64_t> step;  // publish --step
   bool anchor = false;
   double max_delta_density = 0.5;
   std::optional<uint64_t> version;

@@ -46,6 +46,7 @@ struct VersionManifest {
   uint64_t elements = 0;                  // elements of the model
   uint64_t model_bytes = 0;               // tensor bytes of the model
   uint64_t created_unix_ms = 0;
+  std::optional<uint64_t> step;           // the publisher's step id (PublishOptions::step), when given
   std::vector<VersionFile> files;
 
   uint64_t bytes_of(std::string_view role) const;
@@ -77,6 +78,12 @@ struct PublishOptions {
   // version N to commit (E_EXISTS until then). A checkpoint that does not descend is E_BASE_MISMATCH.
   uint32_t writers = 1;
   uint32_t writer_index = 0;
+  // The trainer's step id, recorded in the version. It makes a publish idempotent: when the latest
+  // version (or, with several writers, this writer's pending part) already carries this step, nothing is
+  // published and that version is reported (already_published). Rerunning a publish that was killed
+  // after its commit then does not publish the same weights again as a new version. With several
+  // writers, parts of one version must carry the same step (E_INVALID_ARGUMENT otherwise).
+  std::optional<uint64_t> step;
   // Receivers to poke right after the commit (dws/notify.h); failures are reported, not fatal.
   std::vector<std::string> notify_urls;
   std::string notify_token;
@@ -86,6 +93,7 @@ struct PublishOptions {
 struct PublishResult {
   uint64_t version = 0;
   bool committed = true;  // several writers: false while other writers' parts are still missing
+  bool already_published = false;  // `step` was already published (committed, or our part is pending)
   bool has_delta = false, has_anchor = false;
   uint64_t delta_bytes = 0, anchor_bytes = 0;
   uint64_t changes = 0, elements = 0;

@@ -69,6 +69,7 @@ std::string serialize_manifest(const VersionManifest& m) {
               {"model_bytes", m.model_bytes},
               {"created_unix_ms", m.created_unix_ms}};
   if (m.writers > 1) doc["writers"] = m.writers;
+  if (m.step) doc["step"] = *m.step;
   if (m.base_version) {
     doc["base_version"] = *m.base_version;
     doc["base_state_digest"] = m.base_state_digest;
@@ -108,6 +109,11 @@ Result<VersionManifest> parse_manifest(std::string_view text) {
     if (w < 2 || w > kMaxWriters) return bad("writers " + std::to_string(w) + " outside [2, " + std::to_string(kMaxWriters) + "]");
     if (!m.sharded && m.has_anchor) return bad("a version of several writers has a sharded anchor");
     m.writers = static_cast<uint32_t>(w);
+  }
+  if (doc.contains("step")) {
+    uint64_t step = 0;
+    DWS_RETURN_IF_ERROR(get_u64(doc, "step", &step));
+    m.step = step;
   }
   if (doc.contains("base_version")) {
     uint64_t b = 0;

@@ -497,9 +497,14 @@ Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, 
   if (options.snapshot_path.empty()) return make_error(ErrorCode::kInvalidArgument, "publish: a snapshot path is required");
   DWS_ASSIGN_OR_RETURN(Checkpoint cp, Checkpoint::open(checkpoint_path));
   DWS_ASSIGN_OR_RETURN(std::vector<uint64_t> versions, list_versions(store));
+  if (options.step && !versions.empty()) {
+    DWS_ASSIGN_OR_RETURN(VersionManifest latest, read_manifest(store, versions.back()));
+    if (latest.step == options.step) return already_published(latest);
+  }
   VersionManifest m;
   m.version = versions.empty() ? 0 : versions.back() + 1;
   m.created_unix_ms = now_unix_ms();
+  m.step = options.step;
   m.elements = 0;
   for (const auto& t : cp.tensors()) m.elements += t.numel();
   m.model_bytes = cp.total_tensor_bytes();

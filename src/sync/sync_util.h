@@ -24,6 +24,8 @@ std::string scratch_path(const std::string& local, const std::string& what);
 // Downloads a version's file and checks its size and XXH3 against the manifest (E_PAYLOAD_HASH; removed then).
 Status download_verified(Store& store, const VersionFile& f, const std::string& path);
 // publish() for one of several writers (writers.cc).
+// The result of a publish whose step the store's latest version `m` already carries.
+PublishResult already_published(const VersionManifest& m);
 Result<PublishResult> publish_part(Store& store, const std::string& checkpoint_path, const PublishOptions& options);
 // The size and XXH3-128 hex of a store object, read in bounded ranges (memory stays at one chunk).
 Result<std::pair<uint64_t, std::string>> object_size_and_xxh3(Store& store, std::string_view key);

@@ -45,6 +45,7 @@ struct Part {
   uint64_t version = 0;
   uint32_t writer = 0, writers = 0;
   std::optional<uint64_t> base_version;
+  std::optional<uint64_t> step;
   std::optional<VersionFile> delta, anchor;
   uint64_t changes = 0, elements = 0, model_bytes = 0;
   std::vector<PartTensor> tensors;  // sorted by name
@@ -62,6 +63,7 @@ std::string serialize_part(const Part& p) {
   json doc = {{"format", "dws-part"}, {"version", p.version}, {"writer", p.writer}, {"writers", p.writers},
               {"changes", p.changes}, {"elements", p.elements}, {"model_bytes", p.model_bytes}};
   if (p.base_version) doc["base_version"] = *p.base_version;
+  if (p.step) doc["step"] = *p.step;
   if (p.delta) doc["delta"] = file_json(*p.delta);
   if (p.anchor) doc["anchor"] = file_json(*p.anchor);
   json tensors = json::array();
@@ -87,6 +89,7 @@ Result<Part> parse_part(std::string_view text, const std::string& what, uint64_t
     p.elements = doc.at("elements").get<uint64_t>();
     p.model_bytes = doc.at("model_bytes").get<uint64_t>();
     if (doc.contains("base_version")) p.base_version = doc.at("base_version").get<uint64_t>();
+    if (doc.contains("step")) p.step = doc.at("step").get<uint64_t>();
     for (const char* role : {"delta", "anchor"}) {
       if (!doc.contains(role)) continue;
       const json& f = doc.at(role);
@@ -170,6 +173,10 @@ Status merge_version(Store& store, const std::vector<Part>& parts, const std::st
   m.sharded = true;
   m.created_unix_ms = now_unix_ms();
   m.base_version = first.base_version;
+  m.step = first.step;
+  for (const Part& p : parts) {
+    if (p.step != first.step) m.step.reset();  // refused at publish; a hand-made store could still disagree
+  }
   std::vector<PartTensor> all;
   for (const Part& p : parts) {
     m.changes += p.changes;
@@ -284,6 +291,15 @@ Status merge_version(Store& store, const std::vector<Part>& parts, const std::st
 
 namespace sync_util {
 
+PublishResult already_published(const VersionManifest& m) {
+  PublishResult r;
+  r.version = m.version;
+  r.already_published = true;
+  r.elements = m.elements;
+  r.state_digest = m.state_digest;
+  return r;
+}
+
 Result<PublishResult> publish_part(Store& store, const std::string& checkpoint_path, const PublishOptions& options) {
   const uint32_t k = options.writers, me = options.writer_index;
   if (k < 2 || k > kMaxWriters || me >= k) {
@@ -302,6 +318,10 @@ Result<PublishResult> publish_part(Store& store, const std::string& checkpoint_p
   for (;;) {
     DWS_ASSIGN_OR_RETURN(versions, list_versions(store));
     version = versions.empty() ? 0 : versions.back() + 1;
+    if (options.step && !versions.empty()) {
+      DWS_ASSIGN_OR_RETURN(VersionManifest latest, read_manifest(store, versions.back()));
+      if (latest.step == options.step) return already_published(latest);
+    }
     DWS_ASSIGN_OR_RETURN(std::vector<Part> parts, read_parts(store, version));
     DWS_ASSIGN_OR_RETURN(bool complete, parts_complete(parts));
     if (complete) {
@@ -312,6 +332,18 @@ Result<PublishResult> publish_part(Store& store, const std::string& checkpoint_p
       if (p.writers != k) {
         return make_error(ErrorCode::kInvalidArgument, "publish: version " + std::to_string(version) + " is being published by " +
                                                            std::to_string(p.writers) + " writers, not " + std::to_string(k));
+      }
+      if (options.step && p.step && *p.step != *options.step) {
+        return make_error(ErrorCode::kInvalidArgument, "publish: version " + std::to_string(version) + " is being published for step " +
+                                                           std::to_string(*p.step) + " (writer " + std::to_string(p.writer) +
+                                                           "); this writer is at step " + std::to_string(*options.step));
+      }
+      if (p.writer == me && options.step && p.step == options.step) {
+        PublishResult r;
+        r.version = version;
+        r.committed = false;
+        r.already_published = true;
+        return r;
       }
       if (p.writer == me) {
         std::string missing;
@@ -330,6 +362,7 @@ Result<PublishResult> publish_part(Store& store, const std::string& checkpoint_p
   part.version = version;
   part.writer = me;
   part.writers = k;
+  part.step = options.step;
   for (const auto& t : cp.tensors()) part.elements += t.numel();
   part.model_bytes = cp.total_tensor_bytes();
   const std::string prefix = version_prefix(version) + random_token() + "/";
