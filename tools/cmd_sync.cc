@@ -275,7 +275,7 @@ int verify_store_command(const std::string& uri, std::optional<uint64_t> version
 
 void add_sync_commands(CLI::App& app, SyncCommands& c) {
   c.publish = app.add_subcommand("publish", "Publish CHECKPOINT as the next version in STORE");
-  c.publish->add_option("STORE", c.store, "Store: a directory (local or shared filesystem)")->required();
+  c.publish->add_option("STORE", c.store, "Store: a directory (local or shared filesystem) or s3://BUCKET[/PREFIX]")->required();
   c.publish->add_option("CHECKPOINT", c.checkpoint, "Checkpoint to publish (file or sharded directory)")->required();
   c.publish->add_option("--anchor-every", c.anchor_every, "Versions 0, N, 2N, ... also carry a full anchor (0: only version 0)")
       ->capture_default_str();
@@ -298,7 +298,7 @@ void add_sync_commands(CLI::App& app, SyncCommands& c) {
       ->check(CLI::Range(0.0, 1.0));
 
   c.pull = app.add_subcommand("pull", "Bring LOCAL to a version of STORE (default: the latest)");
-  c.pull->add_option("STORE", c.store, "Store directory")->required();
+  c.pull->add_option("STORE", c.store, "Store: a directory or s3://BUCKET[/PREFIX]")->required();
   c.pull->add_option("LOCAL", c.checkpoint, "Local checkpoint (created from an anchor if missing)")->required();
   c.pull->add_option("--version", c.version, "Version to reach (default: the latest)");
   c.pull->add_flag("--follow", c.follow, "Keep pulling new versions as they appear (Ctrl-C to stop)");
@@ -312,12 +312,12 @@ void add_sync_commands(CLI::App& app, SyncCommands& c) {
   c.pull->add_option("--notify-token-file", c.token_file, "File holding the shared notification token (else $DWS_NOTIFY_TOKEN)");
 
   c.fold = app.add_subcommand("fold", "Write one patch FROM -> TO for receivers that lag (pull uses it when cheaper)");
-  c.fold->add_option("STORE", c.store, "Store directory")->required();
+  c.fold->add_option("STORE", c.store, "Store: a directory or s3://BUCKET[/PREFIX]")->required();
   c.fold->add_option("--from", c.fold_from, "Version the fold starts at")->required();
   c.fold->add_option("--to", c.fold_to, "Version the fold ends at")->required();
 
   c.gc = app.add_subcommand("gc", "Retire versions no kept version needs");
-  c.gc->add_option("STORE", c.store, "Store directory")->required();
+  c.gc->add_option("STORE", c.store, "Store: a directory or s3://BUCKET[/PREFIX]")->required();
   c.gc->add_option("--keep-last", c.keep_last, "The newest N versions stay pullable (with the chain back to their anchor)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -325,7 +325,7 @@ void add_sync_commands(CLI::App& app, SyncCommands& c) {
   c.gc->add_flag("--dry-run", c.dry_run, "Say what would be deleted, delete nothing");
 
   c.log = app.add_subcommand("log", "List the versions in STORE");
-  c.log->add_option("STORE", c.store, "Store directory")->required();
+  c.log->add_option("STORE", c.store, "Store: a directory or s3://BUCKET[/PREFIX]")->required();
   c.log->add_flag("--json", c.as_json, "Machine-readable output");
 }
 

@@ -15,6 +15,7 @@
 
 #include "core/file_io.h"
 #include "dws/store.h"
+#include "store/s3_store.h"
 
 namespace dws {
 
@@ -276,9 +277,12 @@ Result<std::unique_ptr<Store>> open_store(const std::string& uri) {
   std::string path = uri;
   if (uri.rfind("file://", 0) == 0) {
     path = uri.substr(7);
+  } else if (uri.rfind("s3://", 0) == 0) {
+    DWS_ASSIGN_OR_RETURN(S3Config config, S3Config::from_uri(uri));
+    return open_s3_store(config);
   } else if (const size_t scheme = uri.find("://"); scheme != std::string::npos) {
     return make_error(ErrorCode::kUnsupported, "store '" + uri + "': scheme '" + uri.substr(0, scheme) +
-                                                   "' is not built in (this build has: a directory path, file://)");
+                                                   "' is not built in (this build has: a directory path, file://, s3://)");
   }
   if (path.empty()) return make_error(ErrorCode::kInvalidArgument, "store: empty path");
   std::error_code ec;
