@@ -154,6 +154,28 @@ TEST(SyncS3, PublishAndPullThroughSeaweedFSEndBitIdentical) {
   EXPECT_TRUE(report->ok()) << report->problems.front();
 }
 
+TEST(SyncS3, WrongCredentialsFailAtOnceWithAClearErrorAndWriteNothing) {
+  auto store = test::open_fixture_s3_store("denied");  // sets the fixture's environment
+  if (!store) {
+    if (test::s3_required()) FAIL() << "no S3 fixture";
+    GTEST_SKIP() << "no S3 fixture: run through ctest, which starts SeaweedFS";
+  }
+  const std::string good = std::getenv("AWS_SECRET_ACCESS_KEY");
+  ::setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret", 1);
+  auto denied = open_store(store->describe());  // the same bucket and prefix
+  ::setenv("AWS_SECRET_ACCESS_KEY", good.c_str(), 1);
+  ASSERT_TRUE(denied.ok());
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string data = "x";
+  Status st = (*denied)->put("a", std::as_bytes(std::span(data.data(), data.size())));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("access denied"), std::string::npos) << st.to_string();
+  EXPECT_NE(st.message().find("AWS_ACCESS_KEY_ID"), std::string::npos) << st.to_string();
+  EXPECT_LT(seconds, 5.0) << "authorization failures must not be retried";
+  EXPECT_FALSE(store->stat("a").value().has_value());
+}
+
 TEST_F(Sync, FollowingPullsTrustTheSidecarDigestsAndNeverRescan) {
   publish_steps(8, 16);
   const std::string local = local_at(2, "l.safetensors");
