@@ -142,11 +142,7 @@ Row measure(const Case& c, const Variant& v, const std::string& work, double mem
   // then as `dws pull` runs it, with the base's tensor digests known (kept from the previous apply), so
   // nothing is rescanned. Each run patches a fresh copy; the copy is not timed.
   const std::string live = work + "/live.safetensors";
-  TensorDigests known;
-  {
-    auto digests = tensor_digests(base, 1);
-    for (size_t i = 0; i < base.tensors().size(); ++i) known[base.tensors()[i].name] = digests[i];
-  }
+  const TensorDigests known = tensor_digests_by_name(base, tensor_digests(base, 1));
   auto in_place_seconds = [&](const TensorDigests* digests) {
     std::vector<double> times;
     for (int r = 0; r < std::max(3, g_runs / 2); ++r) {

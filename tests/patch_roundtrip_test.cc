@@ -32,10 +32,7 @@ void copy_file(const std::string& from, const std::string& to) {
 TensorDigests digests_of(const std::string& path) {
   auto cp = Checkpoint::open(path);
   EXPECT_TRUE(cp.ok());
-  const auto d = tensor_digests(*cp, 2);
-  TensorDigests out;
-  for (size_t i = 0; i < d.size(); ++i) out[cp->tensors()[i].name] = d[i];
-  return out;
+  return tensor_digests_by_name(*cp, tensor_digests(*cp, 2));
 }
 
 // diff -> apply -o -> compare; diff -> apply --in-place on a copy -> compare.

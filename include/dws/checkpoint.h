@@ -95,6 +95,11 @@ using TensorDigests = std::map<std::string, Digest128, std::less<>>;
 // The tensor digest (dws/digest.h) of every tensor, aligned with checkpoint.tensors(); big tensors are
 // hashed in parallel chunks. threads == 0 means all cores.
 std::vector<Digest128> tensor_digests(const Checkpoint& checkpoint, size_t threads);
+// The same, taken from `known` when it names every tensor (digests the caller vouches for); otherwise
+// computed, reading the whole checkpoint. `known` may be null.
+std::vector<Digest128> tensor_digests(const Checkpoint& checkpoint, const TensorDigests* known, size_t threads);
+// Digests aligned with checkpoint.tensors(), keyed by tensor name.
+TensorDigests tensor_digests_by_name(const Checkpoint& checkpoint, std::span<const Digest128> digests);
 
 // The state digest (format v2): the sum of the tensor digests, which already bind each tensor's name,
 // dtype and shape. Independent of order, sharding and file metadata; updated in O(1) per changed tensor

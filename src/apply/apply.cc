@@ -37,22 +37,6 @@ codec::DecodeParams decode_params(const PatchTensor& t) {
   return {t.encoding, t.dtype, t.numel(), t.changes, t.index_dtype};
 }
 
-// The base tensors' digests, aligned with base.tensors(): the caller's when they cover every tensor,
-// otherwise computed (reads the whole base).
-std::vector<Digest128> base_tensor_digests(const Checkpoint& base, const ApplyOptions& options) {
-  if (options.base_digests) {
-    std::vector<Digest128> out;
-    out.reserve(base.tensors().size());
-    for (const CheckpointTensor& t : base.tensors()) {
-      auto it = options.base_digests->find(t.name);
-      if (it == options.base_digests->end()) break;
-      out.push_back(it->second);
-    }
-    if (out.size() == base.tensors().size()) return out;
-  }
-  return tensor_digests(base, options.threads);
-}
-
 struct Prepared {
   CheckpointLayout layout;
   std::vector<Digest128> base_digests;  // aligned with base.tensors()
@@ -65,7 +49,7 @@ Result<Prepared> prepare(const Checkpoint& base, const Patch& patch, const Apply
   const PatchHeader& h = patch.header();
   DWS_RETURN_IF_ERROR(patch.verify_payload_hashes(options.threads));
   Prepared out;
-  out.base_digests = base_tensor_digests(base, options);
+  out.base_digests = tensor_digests(base, options.base_digests, options.threads);
   const std::vector<Digest128>& digests = out.base_digests;
   auto digest_of = [&](const CheckpointTensor* t) { return digests[static_cast<size_t>(t - base.tensors().data())]; };
 

@@ -266,6 +266,26 @@ std::vector<Digest128> tensor_digests(const Checkpoint& checkpoint, size_t threa
   return out;
 }
 
+std::vector<Digest128> tensor_digests(const Checkpoint& checkpoint, const TensorDigests* known, size_t threads) {
+  if (known) {
+    std::vector<Digest128> out;
+    out.reserve(checkpoint.tensors().size());
+    for (const CheckpointTensor& t : checkpoint.tensors()) {
+      auto it = known->find(t.name);
+      if (it == known->end()) break;
+      out.push_back(it->second);
+    }
+    if (out.size() == checkpoint.tensors().size()) return out;
+  }
+  return tensor_digests(checkpoint, threads);
+}
+
+TensorDigests tensor_digests_by_name(const Checkpoint& checkpoint, std::span<const Digest128> digests) {
+  TensorDigests out;
+  for (size_t i = 0; i < checkpoint.tensors().size(); ++i) out.emplace(checkpoint.tensors()[i].name, digests[i]);
+  return out;
+}
+
 Digest128 state_digest(std::span<const Digest128> tensor_digests) {
   Digest128 sum;
   for (const Digest128& d : tensor_digests) sum = digest_add(sum, d);

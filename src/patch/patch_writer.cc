@@ -33,15 +33,7 @@ Result<PatchStats> create_patch(const Checkpoint& base, const Checkpoint& target
     return make_error(ErrorCode::kInvalidArgument, "diff: 'full' is not a patch encoding (it is used per tensor for added or re-shaped tensors)");
   }
   const std::vector<TensorDiff> diffs = diff_checkpoints(base, target, options.threads);
-  std::vector<Digest128> base_digests;
-  if (options.base_digests) {
-    for (const CheckpointTensor& t : base.tensors()) {
-      auto it = options.base_digests->find(t.name);
-      if (it == options.base_digests->end()) break;
-      base_digests.push_back(it->second);
-    }
-  }
-  if (base_digests.size() != base.tensors().size()) base_digests = tensor_digests(base, options.threads);
+  const std::vector<Digest128> base_digests = tensor_digests(base, options.base_digests, options.threads);
   auto base_digest_of = [&](const CheckpointTensor* t) { return base_digests[static_cast<size_t>(t - base.tensors().data())]; };
   // Target digests from the base's and the diff, in O(changes) per modified tensor; added and replaced
   // tensors are hashed whole.

@@ -184,12 +184,6 @@ Status write_sidecar(const std::string& local_path, const Store& store, uint64_t
   return io::write_file_atomic(sidecar_path(local_path), doc.dump() + "\n");
 }
 
-TensorDigests digests_by_name(const Checkpoint& cp, const std::vector<Digest128>& digests) {
-  TensorDigests out;
-  for (size_t i = 0; i < cp.tensors().size(); ++i) out.emplace(cp.tensors()[i].name, digests[i]);
-  return out;
-}
-
 // Moves a complete checkpoint at `from` (file or directory) to `to`, replacing what is there atomically.
 Status replace_checkpoint(const std::string& from, const std::string& to) {
   if (!io::is_directory(from) || !io::path_exists(to)) return io::rename_durable(from, to);
@@ -328,7 +322,7 @@ class Puller {
       if (*it > target) continue;
       auto m = manifest(*it);
       if (m.ok() && (*m)->state_digest == digest) {
-        digests_ = digests_by_name(*cp, digests);
+        digests_ = tensor_digests_by_name(*cp, digests);
         DWS_RETURN_IF_ERROR(write_sidecar(local_, store_, *it, digest, &*digests_));
         return std::optional<uint64_t>(*it);
       }
@@ -429,7 +423,7 @@ class Puller {
           return make_error(ErrorCode::kTargetMismatch, "pull: anchor of version " + std::to_string(anchor) +
                                                             " has state digest " + digest + ", its manifest says " + m->state_digest);
         }
-        digests = digests_by_name(cp, d);
+        digests = tensor_digests_by_name(cp, d);
       }
       if (options_.on_version) options_.on_version(anchor, true);
       DWS_RETURN_IF_ERROR(apply_chain(scratch, anchor, target, /*update_sidecar=*/false, digests));
