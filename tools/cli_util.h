@@ -19,6 +19,8 @@ enum ExitCode : int {
   kExitMismatch = 4,
   kExitIo = 5,
   kExitPendingJournal = 6,
+  kExitDenied = 7,       // fix the credentials or the bucket policy
+  kExitUnavailable = 8,  // the store was unreachable until the retry deadline; try again later
 };
 
 inline int exit_code_for(dws::ErrorCode code) {
@@ -33,6 +35,8 @@ inline int exit_code_for(dws::ErrorCode code) {
     case dws::ErrorCode::kTargetMismatch: return kExitMismatch;
     case dws::ErrorCode::kPendingJournal: return kExitPendingJournal;
     case dws::ErrorCode::kInternal: return kExitInternal;
+    case dws::ErrorCode::kDenied: return kExitDenied;
+    case dws::ErrorCode::kUnavailable: return kExitUnavailable;
     default: return kExitBadInput;
   }
 }

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "cli_util.h"
+#include "progress.h"
 #include "dws/digest.h"
 #include "dws/notify.h"
 #include "dws/sync.h"
@@ -57,8 +58,17 @@ Result<std::string> notify_token(const SyncCommands& c) {
   return std::string(env ? env : "");
 }
 
+// Opens STORE with --endpoint, and with the progress line when it is on (--progress).
+Result<std::unique_ptr<Store>> open_cli_store(const SyncCommands& c, const std::string& uri, bool quiet) {
+  DWS_RETURN_IF_ERROR(ProgressLine::configure(c.progress, quiet));
+  StoreOptions o;
+  o.endpoint = c.endpoint;
+  if (ProgressLine::get().enabled()) o.on_progress = [](const TransferProgress& p) { ProgressLine::get().update(p); };
+  return open_store(uri, o);
+}
+
 int cmd_publish(const SyncCommands& c, size_t threads, bool quiet) {
-  auto store = open_store(c.store);
+  auto store = open_cli_store(c, c.store, quiet);
   if (!store.ok()) return fail(store.status());
   auto enc = encoding_from_name(c.encoding);
   if (!enc || *enc == Encoding::kFull) {
@@ -90,6 +100,7 @@ int cmd_publish(const SyncCommands& c, size_t threads, bool quiet) {
   std::filesystem::create_directories(std::filesystem::path(o.snapshot_path).parent_path(), ec);
   const auto t0 = std::chrono::steady_clock::now();
   auto r = publish(**store, c.checkpoint, o);
+  ProgressLine::get().finish();
   if (!r.ok()) return fail(r.status());
   if (!quiet && r->already_published) {
     std::printf("step %llu is already in %s: %s version %llu; nothing published\n", static_cast<unsigned long long>(*o.step),
@@ -127,7 +138,7 @@ void print_pull(const std::string& local, const PullResult& r, double seconds) {
 }
 
 int cmd_pull(const SyncCommands& c, size_t threads, bool quiet) {
-  auto store = open_store(c.store);
+  auto store = open_cli_store(c, c.store, quiet);
   if (!store.ok()) return fail(store.status());
   if (!c.follow) {
     if (!c.listen.empty()) return fail(make_error(ErrorCode::kInvalidArgument, "--listen needs --follow"));
@@ -137,6 +148,7 @@ int cmd_pull(const SyncCommands& c, size_t threads, bool quiet) {
     o.audit = c.audit;
     const auto t0 = std::chrono::steady_clock::now();
     auto r = pull(**store, c.checkpoint, o);
+    ProgressLine::get().finish();
     if (!r.ok()) return fail(r.status());
     if (!quiet) print_pull(c.checkpoint, *r, seconds_since(t0));
     return kExitOk;
@@ -158,6 +170,7 @@ int cmd_pull(const SyncCommands& c, size_t threads, bool quiet) {
   o.threads = threads;
   auto t0 = std::chrono::steady_clock::now();
   o.on_pull = [&](const PullResult& r) {
+    ProgressLine::get().finish();
     if (!quiet) print_pull(c.checkpoint, r, seconds_since(t0));
     t0 = std::chrono::steady_clock::now();
   };
@@ -165,7 +178,7 @@ int cmd_pull(const SyncCommands& c, size_t threads, bool quiet) {
 }
 
 int cmd_log(const SyncCommands& c) {
-  auto store = open_store(c.store);
+  auto store = open_cli_store(c, c.store, false);
   if (!store.ok()) return fail(store.status());
   auto versions = list_versions(**store);
   if (!versions.ok()) return fail(versions.status());
@@ -213,7 +226,7 @@ int cmd_log(const SyncCommands& c) {
 }
 
 int cmd_fold(const SyncCommands& c, size_t threads, bool quiet) {
-  auto store = open_store(c.store);
+  auto store = open_cli_store(c, c.store, quiet);
   if (!store.ok()) return fail(store.status());
   CreatePatchOptions o;
   o.threads = threads;
@@ -230,7 +243,7 @@ int cmd_fold(const SyncCommands& c, size_t threads, bool quiet) {
 }
 
 int cmd_gc(const SyncCommands& c, bool quiet) {
-  auto store = open_store(c.store);
+  auto store = open_cli_store(c, c.store, quiet);
   if (!store.ok()) return fail(store.status());
   GcOptions o;
   o.keep_last = c.keep_last;
@@ -254,11 +267,13 @@ bool looks_like_store(const std::string& path) {
   return std::filesystem::is_directory(std::filesystem::path(path) / "versions", ec);
 }
 
-int verify_store_command(const std::string& uri, std::optional<uint64_t> version, bool full, size_t threads, bool quiet) {
-  auto store = open_store(uri);
+int verify_store_command(const SyncCommands& c, const std::string& uri, std::optional<uint64_t> version, bool full, size_t threads,
+                         bool quiet) {
+  auto store = open_cli_store(c, uri, quiet);
   if (!store.ok()) return fail(store.status());
   const auto t0 = std::chrono::steady_clock::now();
   auto r = verify_store(**store, version, full, threads);
+  ProgressLine::get().finish();
   if (!r.ok()) return fail(r.status());
   for (const auto& p : r->problems) std::fprintf(stderr, "dws: problem: %s\n", p.c_str());
   if (!r->ok()) {
@@ -271,6 +286,15 @@ int verify_store_command(const std::string& uri, std::optional<uint64_t> version
                 seconds_since(t0));
   }
   return kExitOk;
+}
+
+void add_store_options(CLI::App* command, SyncCommands& c) {
+  command->add_option("--endpoint", c.endpoint,
+                      "S3 endpoint URL, e.g. http://127.0.0.1:8333 (else $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, the profile's "
+                      "endpoint_url, AWS)");
+  command->add_option("--progress", c.progress, "Transfer progress on stderr: auto (when a terminal), on, off")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "on", "off"}));
 }
 
 void add_sync_commands(CLI::App& app, SyncCommands& c) {
@@ -327,6 +351,8 @@ void add_sync_commands(CLI::App& app, SyncCommands& c) {
   c.log = app.add_subcommand("log", "List the versions in STORE");
   c.log->add_option("STORE", c.store, "Store: a directory or s3://BUCKET[/PREFIX]")->required();
   c.log->add_flag("--json", c.as_json, "Machine-readable output");
+
+  for (CLI::App* command : {c.publish, c.pull, c.fold, c.gc, c.log}) add_store_options(command, c);
 }
 
 std::optional<int> run_sync_command(const SyncCommands& c, size_t threads, bool quiet) {

@@ -33,7 +33,12 @@ struct SyncCommands {
   std::string listen;                    // pull --follow: notification endpoint
   std::vector<std::string> notify_urls;  // publish: receivers to poke
   std::string token_file;                // shared notification token (else DWS_NOTIFY_TOKEN)
+  std::string endpoint;                  // --endpoint: S3 endpoint URL
+  std::string progress = "auto";         // --progress auto|on|off
 };
+
+// Adds --endpoint and --progress (every command that opens a store).
+void add_store_options(CLI::App* command, SyncCommands& c);
 
 // Registers the subcommands; `threads` and `quiet` are the app's global options.
 void add_sync_commands(CLI::App& app, SyncCommands& c);
@@ -42,6 +47,7 @@ std::optional<int> run_sync_command(const SyncCommands& c, size_t threads, bool 
 
 // Whether `path` names a store (a URI with a scheme, or a directory holding "versions/").
 bool looks_like_store(const std::string& path);
-int verify_store_command(const std::string& store, std::optional<uint64_t> version, bool full, size_t threads, bool quiet);
+int verify_store_command(const SyncCommands& c, const std::string& store, std::optional<uint64_t> version, bool full, size_t threads,
+                         bool quiet);
 
 }  // namespace dws::cli

@@ -327,6 +327,7 @@ int main(int argc, char** argv) {
 
   dws::cli::SyncCommands sync;
   dws::cli::add_sync_commands(app, sync);
+  dws::cli::add_store_options(verify, sync);
 
   try {
     app.parse(argc, argv);
@@ -338,7 +339,7 @@ int main(int argc, char** argv) {
   if (*apply) return cmd_apply(apply_args, out, in_place, force, threads, quiet);
   if (*inspect) return is_patch_file(file) ? inspect_patch(file, as_json) : inspect_checkpoint(file, as_json);
   if (*verify) {
-    if (dws::cli::looks_like_store(file)) return dws::cli::verify_store_command(file, verify_version, verify_full, threads, quiet);
+    if (dws::cli::looks_like_store(file)) return dws::cli::verify_store_command(sync, file, verify_version, verify_full, threads, quiet);
     return cmd_verify(file, threads, quiet);
   }
   if (auto rc = dws::cli::run_sync_command(sync, threads, quiet)) return *rc;

@@ -37,6 +37,8 @@ enum class ErrorCode : uint8_t {
   kPendingJournal = 18,  // an interrupted in-place apply left a journal; recover before use
   kInternal = 19,        // a bug in dws
   kDevice = 20,          // a CUDA or NCCL call failed (device lost, out of device memory, peer gone)
+  kDenied = 21,          // a store refused the credentials or the request (HTTP 401/403); retrying will not help
+  kUnavailable = 22,     // a store could not be reached, or kept failing, until its retry deadline passed
 };
 
 // Stable upper-case name, e.g. "E_BASE_MISMATCH".

@@ -1,7 +1,7 @@
 // dws/store.h — where versions live: a flat namespace of immutable objects (docs/store.md).
 //
 // A Store is the only thing the sync layer knows about a transport. Drivers: a directory (local disk or
-// a shared filesystem, this file's open_store("DIR")); the S3 driver plugs in behind the same interface.
+// a shared filesystem) and S3-compatible object stores, both opened by open_store().
 // Every driver must pass tests/store_conformance_test.cc.
 //
 // Keys are relative paths: segments of [A-Za-z0-9._-] (not "." or "..", not starting with '.'),
@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -55,11 +56,29 @@ class Store {
   virtual std::string describe() const = 0;
 };
 
+// One object's transfer, as drivers that move bytes over a network report it (the S3 driver does; the
+// directory driver does not).
+struct TransferProgress {
+  std::string_view key;
+  bool upload = false;
+  uint64_t bytes_done = 0;   // so far; falls back when a part starts over after a retry
+  uint64_t bytes_total = 0;
+};
+
+struct StoreOptions {
+  // S3: the endpoint URL (http:// or https://), ahead of AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL and the
+  // profile's endpoint_url. Must be empty for a directory store.
+  std::string endpoint;
+  // Called as bytes move, from transfer threads (several at once for parallel parts): must be
+  // thread-safe and quick. Empty: no reporting.
+  std::function<void(const TransferProgress&)> on_progress;
+};
+
 // E_INVALID_ARGUMENT naming the key and the rule it breaks, or Ok.
 Status check_store_key(std::string_view key);
 
-// Opens a store from a URI: a directory path (created if missing) or "file://PATH". Other schemes
-// (s3://) are E_UNSUPPORTED until their driver is built in.
-Result<std::unique_ptr<Store>> open_store(const std::string& uri);
+// Opens a store from a URI: a directory path (created if missing), "file://PATH", or
+// "s3://BUCKET[/PREFIX]" (configuration: docs/store.md). Other schemes are E_UNSUPPORTED.
+Result<std::unique_ptr<Store>> open_store(const std::string& uri, const StoreOptions& options = {});
 
 }  // namespace dws

@@ -57,6 +57,16 @@ Status fsync_directory(const std::string& dir) {
   return Status::Ok();
 }
 
+Status fsync_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return os_error("open", path, errno);
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) return os_error("fsync", path, err);
+  return Status::Ok();
+}
+
 Status rename_durable(const std::string& from, const std::string& to) {
   if (::rename(from.c_str(), to.c_str()) != 0) return os_error("rename to '" + to + "' from", from, errno);
   DWS_RETURN_IF_ERROR(fsync_directory(parent_dir(to)));

@@ -84,6 +84,7 @@ Status write_file_atomic(const std::string& path, std::string_view text);
 Result<std::string> read_file(const std::string& path, uint64_t max_size_bytes);
 
 Status fsync_directory(const std::string& dir);
+Status fsync_file(const std::string& path);
 Status rename_durable(const std::string& from, const std::string& to);  // rename + fsync of both dirs
 std::string temp_name_for(const std::string& final_path);
 std::string parent_dir(const std::string& path);

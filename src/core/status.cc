@@ -25,6 +25,8 @@ std::string_view error_code_name(ErrorCode code) {
     case ErrorCode::kPendingJournal: return "E_PENDING_JOURNAL";
     case ErrorCode::kInternal: return "E_INTERNAL";
     case ErrorCode::kDevice: return "E_DEVICE";
+    case ErrorCode::kDenied: return "E_DENIED";
+    case ErrorCode::kUnavailable: return "E_UNAVAILABLE";
   }
   return "E_UNKNOWN";
 }

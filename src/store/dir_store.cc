@@ -273,13 +273,17 @@ Status check_store_key(std::string_view key) {
   return Status::Ok();
 }
 
-Result<std::unique_ptr<Store>> open_store(const std::string& uri) {
+Result<std::unique_ptr<Store>> open_store(const std::string& uri, const StoreOptions& options) {
   std::string path = uri;
+  if (uri.rfind("s3://", 0) == 0) {
+    DWS_ASSIGN_OR_RETURN(S3Config config, S3Config::from_uri(uri, options.endpoint));
+    return open_s3_store(config, options);
+  }
+  if (!options.endpoint.empty()) {
+    return make_error(ErrorCode::kInvalidArgument, "store '" + uri + "': an endpoint (" + options.endpoint + ") applies only to s3:// stores");
+  }
   if (uri.rfind("file://", 0) == 0) {
     path = uri.substr(7);
-  } else if (uri.rfind("s3://", 0) == 0) {
-    DWS_ASSIGN_OR_RETURN(S3Config config, S3Config::from_uri(uri));
-    return open_s3_store(config);
   } else if (const size_t scheme = uri.find("://"); scheme != std::string::npos) {
     return make_error(ErrorCode::kUnsupported, "store '" + uri + "': scheme '" + uri.substr(0, scheme) +
                                                    "' is not built in (this build has: a directory path, file://, s3://)");

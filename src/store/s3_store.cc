@@ -1,236 +1,105 @@
-// The S3 store driver: "s3://bucket/prefix" over libcurl, requests signed with AWS Signature V4 by
-// libcurl itself (CURLOPT_AWS_SIGV4). Contract in dws/store.h; configuration and consistency model in
+// The S3 store driver: the Store contract (dws/store.h) over S3's REST API. Objects larger than one part
+// go up as parallel multipart uploads and come down as parallel ranged GETs written straight into the
+// destination file, so memory stays bounded by the transfer buffers whatever the object size. Requests,
+// signing and retries are store/s3_http.h; configuration is store/s3_config.h; the consistency model is
 // docs/store.md ("S3-compatible object stores").
 #include "store/s3_store.h"
 
-#include <curl/curl.h>
 #include <fcntl.h>
-#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
-#include <chrono>
-#include <functional>
-#include <cstdio>
-#include <cstdlib>
+#include <atomic>
 #include <cstring>
 #include <mutex>
-#include <random>
 #include <thread>
 
 #include "core/file_io.h"
+#include "store/s3_http.h"
 
 namespace dws {
 
 namespace {
 
-std::string env_or(const char* name, const std::string& fallback = "") {
-  const char* v = std::getenv(name);
-  return v && *v ? std::string(v) : fallback;
-}
+using s3::Request;
+using s3::Response;
 
-void ensure_curl_global_init() {
-  static std::once_flag once;
-  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
-}
+// An object's bytes for an upload: memory, or a file descriptor.
+struct Body {
+  std::span<const std::byte> memory;
+  int fd = -1;
+  uint64_t size = 0;
 
-// RFC 3986 unreserved characters pass; everything else is %XX (for query values).
-std::string url_encode(std::string_view s) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out += static_cast<char>(c);
+  // Fills the request's body with bytes [offset, offset + length).
+  void into(Request& q, uint64_t offset, uint64_t length) const {
+    if (fd >= 0) {
+      q.body_fd = fd;
+      q.body_fd_offset = offset;
     } else {
-      out += '%';
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
+      q.body = memory.subspan(offset, length);
     }
+    q.body_size = length;
   }
-  return out;
-}
-
-// The text of every <tag>...</tag> in an XML document, in order, with the five predefined entities
-// decoded (S3 list responses need nothing more).
-std::vector<std::string> xml_values(std::string_view xml, std::string_view tag) {
-  std::vector<std::string> out;
-  const std::string open = "<" + std::string(tag) + ">", close = "</" + std::string(tag) + ">";
-  size_t at = 0;
-  while ((at = xml.find(open, at)) != std::string_view::npos) {
-    at += open.size();
-    const size_t end = xml.find(close, at);
-    if (end == std::string_view::npos) break;
-    std::string v(xml.substr(at, end - at));
-    std::string decoded;
-    for (size_t i = 0; i < v.size(); ++i) {
-      if (v[i] != '&') {
-        decoded += v[i];
-        continue;
-      }
-      static const std::pair<std::string_view, char> kEntities[] = {{"&amp;", '&'}, {"&lt;", '<'}, {"&gt;", '>'}, {"&quot;", '"'}, {"&apos;", '\''}};
-      bool matched = false;
-      for (const auto& [name, c] : kEntities) {
-        if (std::string_view(v).substr(i, name.size()) == name) {
-          decoded += c;
-          i += name.size() - 1;
-          matched = true;
-          break;
-        }
-      }
-      if (!matched) decoded += '&';
-    }
-    out.push_back(std::move(decoded));
-    at = end + close.size();
-  }
-  return out;
-}
-
-struct Response {
-  long http_status = 0;
-  CURLcode curl_code = CURLE_OK;
-  std::string curl_error;
-  std::string body;          // error bodies and small responses (not file downloads)
-  uint64_t content_length = 0;
-  bool has_content_length = false;
 };
 
-// What a request sends and where its response body goes.
-struct Transfer {
-  std::span<const std::byte> upload;   // PUT body from memory
-  int upload_fd = -1;                  // or from a file (pread from offset 0)
-  uint64_t upload_size = 0;
-  uint64_t uploaded = 0;
-  int download_fd = -1;                // GET body to a file; else into Response::body (bounded)
-  uint64_t max_body_bytes = 1ull << 20;
-  bool body_too_large = false;
-  Response* response = nullptr;
-  bool write_failed = false;
+// Sums the bytes of one object's transfers (several parts at once) and reports them.
+class ObjectProgress {
+ public:
+  ObjectProgress(const StoreOptions& options, std::string_view key, bool upload, uint64_t total)
+      : callback_(options.on_progress), key_(key), upload_(upload), total_(total) {}
+
+  // The request's on_bytes, or empty when nobody listens.
+  std::function<void(int64_t)> sink() {
+    if (!callback_) return {};
+    return [this](int64_t delta) {
+      const uint64_t done = done_.fetch_add(static_cast<uint64_t>(delta)) + static_cast<uint64_t>(delta);
+      callback_(TransferProgress{key_, upload_, std::min(done, total_), total_});
+    };
+  }
+
+ private:
+  const std::function<void(const TransferProgress&)>& callback_;
+  std::string key_;
+  bool upload_;
+  uint64_t total_;
+  std::atomic<uint64_t> done_{0};
 };
 
-size_t on_read(char* buffer, size_t size, size_t count, void* user) {
-  auto* t = static_cast<Transfer*>(user);
-  const size_t want = std::min<uint64_t>(size * count, t->upload_size - t->uploaded);
-  if (want == 0) return 0;
-  if (t->upload_fd >= 0) {
-    const ssize_t n = ::pread(t->upload_fd, buffer, want, static_cast<off_t>(t->uploaded));
-    if (n <= 0) return CURL_READFUNC_ABORT;
-    t->uploaded += static_cast<uint64_t>(n);
-    return static_cast<size_t>(n);
-  }
-  std::memcpy(buffer, t->upload.data() + t->uploaded, want);
-  t->uploaded += want;
-  return want;
-}
-
-size_t on_write(char* data, size_t size, size_t count, void* user) {
-  auto* t = static_cast<Transfer*>(user);
-  const size_t n = size * count;
-  if (t->download_fd >= 0 && t->response->http_status / 100 == 2) {
-    size_t done = 0;
-    while (done < n) {
-      const ssize_t w = ::write(t->download_fd, data + done, n - done);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        t->write_failed = true;
-        return 0;  // aborts the transfer
+// Runs work(i) for i in [0, n) on up to `threads` threads (the caller's among them); stops handing out
+// work after the first failure and returns it.
+Status run_parts(size_t n, unsigned threads, const std::function<Status(size_t)>& work) {
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex mu;
+  Status first;
+  const auto worker = [&] {
+    for (;;) {
+      const size_t i = next.fetch_add(1);
+      if (i >= n || failed.load()) return;
+      Status st = work(i);
+      if (!st.ok()) {
+        std::lock_guard lock(mu);
+        if (!failed.exchange(true)) first = std::move(st);
+        return;
       }
-      done += static_cast<size_t>(w);
     }
-    return n;
-  }
-  if (t->response->http_status / 100 != 2) {  // an error document: keep its first 64 KiB for the message
-    t->response->body.append(data, std::min<size_t>(n, (64u << 10) - std::min<size_t>(t->response->body.size(), 64u << 10)));
-    return n;
-  }
-  if (t->response->body.size() + n > t->max_body_bytes) {
-    t->body_too_large = true;
-    return 0;
-  }
-  t->response->body.append(data, n);
-  return n;
-}
-
-// Records the status line as soon as headers arrive, so on_write knows whether the body is data.
-size_t on_header(char* data, size_t size, size_t count, void* user) {
-  auto* t = static_cast<Transfer*>(user);
-  const std::string_view line(data, size * count);
-  if (line.rfind("HTTP/", 0) == 0) {
-    const size_t sp = line.find(' ');
-    if (sp != std::string_view::npos) t->response->http_status = std::strtol(std::string(line.substr(sp + 1, 3)).c_str(), nullptr, 10);
-  } else if (line.size() > 15 && strncasecmp(line.data(), "content-length:", 15) == 0) {
-    t->response->content_length = std::strtoull(std::string(line.substr(15)).c_str(), nullptr, 10);
-    t->response->has_content_length = true;
-  }
-  return size * count;
-}
-
-bool retryable(const Response& r) {
-  if (r.curl_code != CURLE_OK) {
-    switch (r.curl_code) {
-      case CURLE_COULDNT_CONNECT: case CURLE_COULDNT_RESOLVE_HOST: case CURLE_OPERATION_TIMEDOUT:
-      case CURLE_SEND_ERROR: case CURLE_RECV_ERROR: case CURLE_GOT_NOTHING: case CURLE_PARTIAL_FILE:
-      case CURLE_HTTP2: case CURLE_HTTP2_STREAM:
-        return true;
-      default:
-        return false;
-    }
-  }
-  return r.http_status >= 500 || r.http_status == 429 || r.http_status == 408;
-}
-
-}  // namespace
-
-Result<S3Config> S3Config::from_uri(const std::string& uri) {
-  if (uri.rfind("s3://", 0) != 0) return make_error(ErrorCode::kInvalidArgument, "'" + uri + "' is not an s3:// URI");
-  std::string rest = uri.substr(5);
-  while (!rest.empty() && rest.back() == '/') rest.pop_back();
-  S3Config c;
-  const size_t slash = rest.find('/');
-  c.bucket = rest.substr(0, slash);
-  c.prefix = slash == std::string::npos ? "" : rest.substr(slash + 1);
-  if (c.bucket.empty() || c.bucket.size() > 63 ||
-      !std::all_of(c.bucket.begin(), c.bucket.end(), [](char ch) { return std::islower(static_cast<unsigned char>(ch)) || std::isdigit(static_cast<unsigned char>(ch)) || ch == '-' || ch == '.'; })) {
-    return make_error(ErrorCode::kInvalidArgument, "store '" + uri + "': bucket '" + c.bucket + "' is not a valid S3 bucket name");
-  }
-  if (!c.prefix.empty()) {
-    if (Status st = check_store_key(c.prefix); !st.ok()) return st.with_context("store '" + uri + "': prefix");
-  }
-  c.endpoint = env_or("AWS_ENDPOINT_URL_S3", env_or("AWS_ENDPOINT_URL"));
-  c.region = env_or("AWS_REGION", env_or("AWS_DEFAULT_REGION", "us-east-1"));
-  c.access_key = env_or("AWS_ACCESS_KEY_ID");
-  c.secret_key = env_or("AWS_SECRET_ACCESS_KEY");
-  c.session_token = env_or("AWS_SESSION_TOKEN");
-  const std::string addressing = env_or("DWS_S3_ADDRESSING", c.endpoint.empty() ? "virtual" : "path");
-  if (addressing != "path" && addressing != "virtual") {
-    return make_error(ErrorCode::kInvalidArgument, "DWS_S3_ADDRESSING='" + addressing + "': expected 'path' or 'virtual'");
-  }
-  c.path_style = addressing == "path";
-  c.verify_tls = env_or("DWS_S3_INSECURE") != "1";
-  if (const std::string s = env_or("DWS_S3_RETRY_SECONDS"); !s.empty()) c.retry_seconds = std::strtod(s.c_str(), nullptr);
-  if (c.endpoint.empty()) c.endpoint = "https://s3." + c.region + ".amazonaws.com";
-  while (!c.endpoint.empty() && c.endpoint.back() == '/') c.endpoint.pop_back();
-  if (c.endpoint.rfind("http://", 0) != 0 && c.endpoint.rfind("https://", 0) != 0) {
-    return make_error(ErrorCode::kInvalidArgument, "S3 endpoint '" + c.endpoint + "' must start with http:// or https://");
-  }
-  if (c.access_key.empty() != c.secret_key.empty()) {
-    return make_error(ErrorCode::kInvalidArgument, "S3 credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together");
-  }
-  return c;
+  };
+  std::vector<std::thread> pool;
+  const size_t extra = std::min<size_t>(threads, n) - (n > 0 ? 1 : 0);
+  for (size_t t = 0; t < extra; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+  return first;
 }
 
 class S3Store final : public Store {
  public:
-  explicit S3Store(S3Config config) : c_(std::move(config)) { ensure_curl_global_init(); }
+  S3Store(S3Config config, StoreOptions options) : http_(std::move(config)), options_(std::move(options)) {}
 
   Status put(std::string_view key, std::span<const std::byte> data) override {
     DWS_RETURN_IF_ERROR(check_store_key(key));
-    Transfer t;
-    t.upload = data;
-    t.upload_size = data.size();
-    Response r = perform("PUT", object_url(key), {}, t);
-    return expect_2xx(r, "put", key);
+    return upload(key, Body{data, -1, data.size()});
   }
 
   Status put_file(std::string_view key, const std::string& local_path) override {
@@ -238,37 +107,47 @@ class S3Store final : public Store {
     const int fd = ::open(local_path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return make_error(ErrorCode::kIo, "open '" + local_path + "': " + io::errno_text(errno));
     struct stat st {};
-    ::fstat(fd, &st);
-    Transfer t;
-    t.upload_fd = fd;
-    t.upload_size = static_cast<uint64_t>(st.st_size);
-    Response r = perform("PUT", object_url(key), {}, t);
+    if (::fstat(fd, &st) != 0) {
+      const int e = errno;
+      ::close(fd);
+      return make_error(ErrorCode::kIo, "stat '" + local_path + "': " + io::errno_text(e));
+    }
+    Status result = upload(key, Body{{}, fd, static_cast<uint64_t>(st.st_size)});
     ::close(fd);
-    return expect_2xx(r, "put", key);
+    return result;
   }
 
   Status put_if_absent(std::string_view key, std::span<const std::byte> data) override {
     DWS_RETURN_IF_ERROR(check_store_key(key));
-    Transfer t;
-    t.upload = data;
-    t.upload_size = data.size();
-    Response r = perform("PUT", object_url(key), {"If-None-Match: *"}, t);
+    Request q;
+    q.method = "PUT";
+    q.url = http_.object_url(key);
+    q.headers = {"If-None-Match: *"};
+    q.body = data;
+    q.body_size = data.size();
+    const Response r = http_.perform(q);
     // 412: it exists. 409: a concurrent conditional write is in flight (AWS); the other one wins.
-    if (r.curl_code == CURLE_OK && (r.http_status == 412 || r.http_status == 409)) {
+    if (r.transport_ok() && (r.http_status == 412 || r.http_status == 409)) {
+      // The object may be our own: an earlier send of this request (our retry, or libcurl's own resend
+      // on a fresh connection) wrote it and its answer was lost. Then we won. (Another writer's object
+      // cannot be byte-identical: manifests carry a random token.)
+      auto found = get(key, data.size());
+      if (found.ok() && found->size() == data.size() && std::equal(found->begin(), found->end(), data.begin())) return Status::Ok();
       return make_error(ErrorCode::kExists, describe() + ": " + std::string(key) + " already exists");
     }
-    return expect_2xx(r, "put_if_absent", key);
+    return http_.check(r, what("put_if_absent", key));
   }
 
   Result<std::vector<std::byte>> get(std::string_view key, uint64_t max_size_bytes) override {
     DWS_RETURN_IF_ERROR(check_store_key(key));
-    Transfer t;
-    t.max_body_bytes = max_size_bytes;
-    Response r = perform("GET", object_url(key), {}, t);
-    if (t.body_too_large || (r.has_content_length && r.http_status == 200 && r.content_length > max_size_bytes)) {
+    Request q;
+    q.url = http_.object_url(key);
+    q.max_body_bytes = max_size_bytes;
+    const Response r = http_.perform(q);
+    if (r.body_too_large || (r.ok_2xx() && r.has_content_length && r.content_length > max_size_bytes)) {
       return make_error(ErrorCode::kInvalidArgument, describe() + ": " + std::string(key) + " is larger than " + std::to_string(max_size_bytes) + " bytes");
     }
-    DWS_RETURN_IF_ERROR(expect_2xx(r, "get", key));
+    DWS_RETURN_IF_ERROR(http_.check(r, what("get", key)));
     const auto* p = reinterpret_cast<const std::byte*>(r.body.data());
     return std::vector<std::byte>(p, p + r.body.size());
   }
@@ -282,13 +161,15 @@ class S3Store final : public Store {
                                                          ") is past the end of " + std::string(key) + " (" + std::to_string(info->size_bytes) + " bytes)");
     }
     if (length == 0) return std::vector<std::byte>();
-    Transfer t;
-    t.max_body_bytes = length;
-    Response r = perform("GET", object_url(key), {"Range: bytes=" + std::to_string(offset) + "-" + std::to_string(offset + length - 1)}, t);
-    DWS_RETURN_IF_ERROR(expect_2xx(r, "get_range", key));
-    if (r.body.size() != length) {
-      return make_error(ErrorCode::kIo, describe() + ": ranged read of " + std::string(key) + " returned " + std::to_string(r.body.size()) +
-                                            " bytes, asked " + std::to_string(length));
+    Request q;
+    q.url = http_.object_url(key);
+    q.headers = {range_header(offset, length)};
+    q.max_body_bytes = length;
+    const Response r = http_.perform(q);
+    DWS_RETURN_IF_ERROR(http_.check(r, what("get_range", key)));
+    if (r.http_status != 206 || r.body.size() != length) {
+      return make_error(ErrorCode::kIo, what("get_range", key) + ": asked bytes [" + std::to_string(offset) + ", +" + std::to_string(length) +
+                                            "), got HTTP " + std::to_string(r.http_status) + " with " + std::to_string(r.body.size()) + " bytes");
     }
     const auto* p = reinterpret_cast<const std::byte*>(r.body.data());
     return std::vector<std::byte>(p, p + r.body.size());
@@ -296,17 +177,53 @@ class S3Store final : public Store {
 
   Status get_file(std::string_view key, const std::string& local_path) override {
     DWS_RETURN_IF_ERROR(check_store_key(key));
+    // The size and ETag first: large objects come down in parallel ranges, each conditional on the ETag
+    // so that parts of two different objects can never be mixed.
+    Request head;
+    head.method = "HEAD";
+    head.url = http_.object_url(key);
+    const Response h = http_.perform(head);
+    DWS_RETURN_IF_ERROR(http_.check(h, what("get", key)));
+    const uint64_t size = h.content_length;
     const std::string temp = io::temp_name_for(local_path);
     const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return make_error(ErrorCode::kIo, "create '" + temp + "': " + io::errno_text(errno));
-    Transfer t;
-    t.download_fd = fd;
-    Response r = perform("GET", object_url(key), {}, t, [&] {
-      // A retry starts the file over.
-      (void)::ftruncate(fd, 0);
-      (void)::lseek(fd, 0, SEEK_SET);
-    });
-    Status st = t.write_failed ? make_error(ErrorCode::kIo, "write '" + temp + "': " + io::errno_text(errno)) : expect_2xx(r, "get", key);
+    ObjectProgress progress(options_, key, false, size);
+    Status st;
+    if (size <= http_.config().part_size_bytes || h.etag.empty()) {
+      Request q;
+      q.url = http_.object_url(key);
+      q.sink_fd = fd;
+      q.on_bytes = progress.sink();
+      const Response r = http_.perform(q);
+      st = http_.check(r, what("get", key));
+      if (st.ok() && ::ftruncate(fd, static_cast<off_t>(r.sink_bytes)) != 0) st = make_error(ErrorCode::kIo, "truncate '" + temp + "': " + io::errno_text(errno));
+    } else if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
+      st = make_error(ErrorCode::kIo, "size '" + temp + "' to " + std::to_string(size) + " bytes: " + io::errno_text(errno));
+    } else {
+      const uint64_t part = http_.config().part_size_bytes;
+      const size_t parts = static_cast<size_t>((size + part - 1) / part);
+      st = run_parts(parts, http_.config().concurrency, [&](size_t i) -> Status {
+        const uint64_t offset = i * part, length = std::min(part, size - offset);
+        Request q;
+        q.url = http_.object_url(key);
+        q.headers = {range_header(offset, length), "If-Match: " + h.etag};
+        q.sink_fd = fd;
+        q.sink_fd_offset = offset;
+        q.on_bytes = progress.sink();
+        const Response r = http_.perform(q);
+        if (r.transport_ok() && r.http_status == 412) {
+          return make_error(ErrorCode::kIo, what("get", key) + ": the object changed during the download (ETag " + h.etag + " no longer matches)");
+        }
+        DWS_RETURN_IF_ERROR(http_.check(r, what("get", key)));
+        if (r.http_status != 206 || r.sink_bytes != length) {
+          return make_error(ErrorCode::kIo, what("get", key) + ": part " + std::to_string(i + 1) + " asked bytes [" + std::to_string(offset) +
+                                                ", +" + std::to_string(length) + "), got HTTP " + std::to_string(r.http_status) + " with " +
+                                                std::to_string(r.sink_bytes) + " bytes");
+        }
+        return Status::Ok();
+      });
+    }
     if (st.ok() && ::fsync(fd) != 0) st = make_error(ErrorCode::kIo, "fsync '" + temp + "': " + io::errno_text(errno));
     ::close(fd);
     if (st.ok()) st = io::rename_durable(temp, local_path);
@@ -316,35 +233,39 @@ class S3Store final : public Store {
 
   Result<std::optional<ObjectInfo>> stat(std::string_view key) override {
     DWS_RETURN_IF_ERROR(check_store_key(key));
-    Transfer t;
-    Response r = perform("HEAD", object_url(key), {}, t);
-    if (r.curl_code == CURLE_OK && r.http_status == 404) return std::optional<ObjectInfo>();
-    DWS_RETURN_IF_ERROR(expect_2xx(r, "stat", key));
+    Request q;
+    q.method = "HEAD";
+    q.url = http_.object_url(key);
+    const Response r = http_.perform(q);
+    if (r.transport_ok() && r.http_status == 404) return std::optional<ObjectInfo>();
+    DWS_RETURN_IF_ERROR(http_.check(r, what("stat", key)));
     return std::optional<ObjectInfo>(ObjectInfo{std::string(key), r.content_length});
   }
 
   Result<std::vector<ObjectInfo>> list(std::string_view prefix) override {
     std::vector<ObjectInfo> out;
     std::string token;
+    const std::string root = http_.config().prefix.empty() ? "" : http_.config().prefix + "/";
     for (;;) {
-      std::string query = "list-type=2&prefix=" + url_encode(full_key(prefix));
-      if (!token.empty()) query += "&continuation-token=" + url_encode(token);
-      Transfer t;
-      t.max_body_bytes = 64ull << 20;
-      Response r = perform("GET", bucket_url() + "?" + query, {}, t);
-      DWS_RETURN_IF_ERROR(expect_2xx(r, "list", prefix));
-      const auto keys = xml_values(r.body, "Key");
-      const auto sizes = xml_values(r.body, "Size");
-      if (keys.size() != sizes.size()) return make_error(ErrorCode::kIo, describe() + ": malformed list response");
-      const std::string root = c_.prefix.empty() ? "" : c_.prefix + "/";
+      // Query parameters in sorted order: libcurl 7.88 signs the query string as given.
+      std::string query = token.empty() ? "" : "continuation-token=" + s3::url_encode(token) + "&";
+      query += "list-type=2&prefix=" + s3::url_encode(http_.full_key(prefix));
+      Request q;
+      q.url = http_.bucket_url() + "?" + query;
+      q.max_body_bytes = 64ull << 20;
+      const Response r = http_.perform(q);
+      DWS_RETURN_IF_ERROR(http_.check(r, what("list", prefix)));
+      const auto keys = s3::xml_values(r.body, "Key");
+      const auto sizes = s3::xml_values(r.body, "Size");
+      if (keys.size() != sizes.size()) return make_error(ErrorCode::kIo, what("list", prefix) + ": malformed list response");
       for (size_t i = 0; i < keys.size(); ++i) {
         if (keys[i].rfind(root, 0) != 0) continue;
         std::string key = keys[i].substr(root.size());
         if (!check_store_key(key).ok()) continue;  // not something dws wrote (e.g. a "folder" marker)
         out.push_back({std::move(key), std::strtoull(sizes[i].c_str(), nullptr, 10)});
       }
-      const auto truncated = xml_values(r.body, "IsTruncated");
-      const auto next = xml_values(r.body, "NextContinuationToken");
+      const auto truncated = s3::xml_values(r.body, "IsTruncated");
+      const auto next = s3::xml_values(r.body, "NextContinuationToken");
       if (truncated.empty() || truncated[0] != "true" || next.empty()) break;
       token = next[0];
     }
@@ -354,127 +275,117 @@ class S3Store final : public Store {
 
   Status remove(std::string_view key) override {
     DWS_RETURN_IF_ERROR(check_store_key(key));
-    Transfer t;
-    Response r = perform("DELETE", object_url(key), {}, t);
-    if (r.curl_code == CURLE_OK && r.http_status == 404) return Status::Ok();
-    return expect_2xx(r, "remove", key);
+    Request q;
+    q.method = "DELETE";
+    q.url = http_.object_url(key);
+    const Response r = http_.perform(q);
+    if (r.transport_ok() && r.http_status == 404) return Status::Ok();
+    return http_.check(r, what("remove", key));
   }
 
-  std::string describe() const override { return "s3://" + c_.bucket + (c_.prefix.empty() ? "" : "/" + c_.prefix); }
+  std::string describe() const override {
+    const S3Config& c = http_.config();
+    return "s3://" + c.bucket + (c.prefix.empty() ? "" : "/" + c.prefix);
+  }
 
  private:
-  std::string full_key(std::string_view key) const { return c_.prefix.empty() ? std::string(key) : c_.prefix + "/" + std::string(key); }
+  std::string what(const char* op, std::string_view key) const { return describe() + ": " + op + " " + std::string(key); }
 
-  std::string bucket_url() const {
-    if (c_.path_style) return c_.endpoint + "/" + c_.bucket;
-    const size_t scheme_end = c_.endpoint.find("://") + 3;
-    return c_.endpoint.substr(0, scheme_end) + c_.bucket + "." + c_.endpoint.substr(scheme_end);
-  }
-  // Keys and the prefix use only [A-Za-z0-9._-/] (check_store_key), which need no escaping in a path.
-  std::string object_url(std::string_view key) const { return bucket_url() + "/" + full_key(key); }
-
-  Status expect_2xx(const Response& r, const char* op, std::string_view key) const {
-    const std::string what = describe() + ": " + op + " " + std::string(key);
-    if (r.curl_code != CURLE_OK) return make_error(ErrorCode::kIo, what + ": " + r.curl_error);
-    if (r.http_status / 100 == 2) return Status::Ok();
-    std::string detail;
-    const auto code = xml_values(r.body, "Code");
-    const auto message = xml_values(r.body, "Message");
-    if (!code.empty()) detail = " " + code[0];
-    if (!message.empty()) detail += ": " + message[0];
-    if (r.http_status == 404) return make_error(ErrorCode::kNotFound, what + ": no such object (HTTP 404" + detail + ")");
-    if (r.http_status == 401 || r.http_status == 403) {
-      return make_error(ErrorCode::kIo, what + ": access denied (HTTP " + std::to_string(r.http_status) + detail +
-                                            "); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy");
-    }
-    return make_error(ErrorCode::kIo, what + ": HTTP " + std::to_string(r.http_status) + detail);
+  static std::string range_header(uint64_t offset, uint64_t length) {
+    return "Range: bytes=" + std::to_string(offset) + "-" + std::to_string(offset + length - 1);
   }
 
-  // One request with retries: connection errors, 5xx, 429 and 408 are retried with exponential
-  // backoff and full jitter until retry_seconds have passed; anything else returns at once.
-  Response perform(const char* method, const std::string& url, const std::vector<std::string>& headers, Transfer& t,
-                   const std::function<void()>& before_retry = {}) {
-    using Clock = std::chrono::steady_clock;
-    const auto deadline = Clock::now() + std::chrono::duration<double>(c_.retry_seconds);
-    thread_local std::mt19937_64 rng(std::random_device{}());
-    double backoff_s = 0.05;
-    for (int attempt = 0;; ++attempt) {
-      Response r = perform_once(method, url, headers, t);
-      if (!retryable(r) || Clock::now() + std::chrono::duration<double>(backoff_s) >= deadline) return r;
-      std::this_thread::sleep_for(std::chrono::duration<double>(std::uniform_real_distribution<double>(0, backoff_s)(rng)));
-      backoff_s = std::min(backoff_s * 2, 5.0);
-      t.uploaded = 0;
-      if (before_retry) before_retry();
+  // One PUT up to a part's size; above it a multipart upload. Either way the object becomes visible
+  // whole, at the end, or not at all.
+  Status upload(std::string_view key, const Body& body) {
+    ObjectProgress progress(options_, key, true, body.size);
+    if (body.size <= http_.config().part_size_bytes) {
+      Request q;
+      q.method = "PUT";
+      q.url = http_.object_url(key);
+      q.on_bytes = progress.sink();
+      body.into(q, 0, body.size);
+      return http_.check(http_.perform(q), what("put", key));
     }
+    return multipart_upload(key, body, progress);
   }
 
-  Response perform_once(const char* method, const std::string& url, const std::vector<std::string>& headers, Transfer& t) {
-    Response r;
-    t.response = &r;
-    t.body_too_large = false;
-    CURL* h = curl_easy_init();
-    if (!h) {
-      r.curl_code = CURLE_FAILED_INIT;
-      r.curl_error = "curl_easy_init failed";
-      return r;
+  Status multipart_upload(std::string_view key, const Body& body, ObjectProgress& progress) {
+    const std::string op = what("put", key);
+    Request create;
+    create.method = "POST";
+    create.url = http_.object_url(key) + "?uploads=";
+    create.headers = {"Content-Type: application/octet-stream"};
+    const Response created = http_.perform(create);
+    DWS_RETURN_IF_ERROR(http_.check(created, op + ": starting a multipart upload"));
+    const auto ids = s3::xml_values(created.body, "UploadId");
+    if (ids.empty() || ids[0].empty()) return make_error(ErrorCode::kIo, op + ": the answer to CreateMultipartUpload has no UploadId");
+    const std::string upload_query = "uploadId=" + s3::url_encode(ids[0]);
+
+    // S3 allows at most 10,000 parts; larger objects get larger parts.
+    const uint64_t part = std::max<uint64_t>(http_.config().part_size_bytes, (body.size + 9999) / 10000);
+    const size_t parts = static_cast<size_t>((body.size + part - 1) / part);
+    std::vector<std::string> etags(parts);
+    Status st = run_parts(parts, http_.config().concurrency, [&](size_t i) -> Status {
+      const uint64_t offset = i * part;
+      Request q;
+      q.method = "PUT";
+      q.url = http_.object_url(key) + "?partNumber=" + std::to_string(i + 1) + "&" + upload_query;
+      q.on_bytes = progress.sink();
+      body.into(q, offset, std::min(part, body.size - offset));
+      const Response r = http_.perform(q);
+      DWS_RETURN_IF_ERROR(http_.check(r, op + ": part " + std::to_string(i + 1) + " of " + std::to_string(parts)));
+      if (r.etag.empty()) return make_error(ErrorCode::kIo, op + ": part " + std::to_string(i + 1) + ": the answer has no ETag");
+      etags[i] = r.etag;
+      return Status::Ok();
+    });
+    if (st.ok()) {
+      std::string xml = "<CompleteMultipartUpload>";
+      for (size_t i = 0; i < parts; ++i) {
+        std::string etag;
+        for (char c : etags[i]) etag += c == '"' ? std::string("&quot;") : std::string(1, c);
+        xml += "<Part><PartNumber>" + std::to_string(i + 1) + "</PartNumber><ETag>" + etag + "</ETag></Part>";
+      }
+      xml += "</CompleteMultipartUpload>";
+      Request complete;
+      complete.method = "POST";
+      complete.url = http_.object_url(key) + "?" + upload_query;
+      complete.headers = {"Content-Type: application/xml"};
+      complete.body = std::span(reinterpret_cast<const std::byte*>(xml.data()), xml.size());
+      complete.body_size = xml.size();
+      const Response r = http_.perform(complete);
+      if (r.transport_ok() && r.http_status == 404) {
+        // NoSuchUpload: an earlier send (ours or libcurl's resend) may have completed it and lost the
+        // answer; then the object is there whole. (Only this upload writes this key: keys carry a token.)
+        auto info = stat(key);
+        if (info.ok() && *info && (*info)->size_bytes == body.size) return Status::Ok();
+      }
+      st = http_.check(r, op + ": completing the multipart upload");
+      // S3 may answer 200 and report the failure in the body.
+      if (st.ok() && r.body.find("<Error>") != std::string::npos) {
+        const auto code = s3::xml_values(r.body, "Code");
+        const auto message = s3::xml_values(r.body, "Message");
+        st = make_error(ErrorCode::kIo, op + ": completing the multipart upload failed: " + (code.empty() ? "" : code[0]) +
+                                            (message.empty() ? "" : ": " + message[0]));
+      }
     }
-    char error[CURL_ERROR_SIZE] = {0};
-    curl_slist* list = nullptr;
-    for (const auto& hd : headers) list = curl_slist_append(list, hd.c_str());
-    // Payload hashes are not computed: integrity is end to end (manifests carry XXH3-128 of every object).
-    list = curl_slist_append(list, "x-amz-content-sha256: UNSIGNED-PAYLOAD");
-    if (!c_.session_token.empty()) list = curl_slist_append(list, ("x-amz-security-token: " + c_.session_token).c_str());
-    curl_easy_setopt(h, CURLOPT_URL, url.c_str());
-    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, error);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
-    curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);     // abort a transfer stalled for 60 s
-    curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, 60L);
-    curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, c_.verify_tls ? 1L : 0L);
-    curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, c_.verify_tls ? 2L : 0L);
-    if (!c_.access_key.empty()) {
-      const std::string sigv4 = "aws:amz:" + c_.region + ":s3";
-      curl_easy_setopt(h, CURLOPT_AWS_SIGV4, sigv4.c_str());
-      curl_easy_setopt(h, CURLOPT_USERNAME, c_.access_key.c_str());
-      curl_easy_setopt(h, CURLOPT_PASSWORD, c_.secret_key.c_str());
+    if (!st.ok()) {
+      Request abort;
+      abort.method = "DELETE";
+      abort.url = http_.object_url(key) + "?" + upload_query;
+      (void)http_.perform(abort);  // best effort; a bucket lifecycle rule reclaims what remains
     }
-    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(h, CURLOPT_HEADERDATA, &t);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_write);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &t);
-    const std::string m = method;
-    if (m == "PUT") {
-      curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
-      curl_easy_setopt(h, CURLOPT_READFUNCTION, on_read);
-      curl_easy_setopt(h, CURLOPT_READDATA, &t);
-      curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(t.upload_size));
-      // "Expect:" (to skip the 100-continue round trip) must not be used: libcurl 7.88 signs the header
-      // it then does not send, and the server rejects the signature.
-    } else if (m == "HEAD") {
-      curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
-    } else if (m != "GET") {
-      curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-    }
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, list);
-    r.curl_code = curl_easy_perform(h);
-    if (r.curl_code != CURLE_OK && !(r.curl_code == CURLE_WRITE_ERROR && t.body_too_large)) {
-      r.curl_error = std::string(curl_easy_strerror(r.curl_code)) + (error[0] ? std::string(" (") + error + ")" : "");
-    } else {
-      r.curl_code = CURLE_OK;
-    }
-    long status = 0;
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    if (status) r.http_status = status;
-    curl_slist_free_all(list);
-    curl_easy_cleanup(h);
-    return r;
+    return st;
   }
 
-  S3Config c_;
+  s3::Client http_;
+  StoreOptions options_;
 };
 
-Result<std::unique_ptr<Store>> open_s3_store(const S3Config& config) {
-  return std::unique_ptr<Store>(std::make_unique<S3Store>(config));
+}  // namespace
+
+Result<std::unique_ptr<Store>> open_s3_store(const S3Config& config, const StoreOptions& options) {
+  return std::unique_ptr<Store>(std::make_unique<S3Store>(config, options));
 }
 
 }  // namespace dws

@@ -202,6 +202,35 @@ Status replace_checkpoint(const std::string& from, const std::string& to) {
   return Status::Ok();
 }
 
+// Makes `snapshot` a copy of the checkpoint just published as anchor-only version m, with a sidecar
+// that lets the next pull trust it. Copies, then rescans the copy: a checkpoint rewritten during the
+// publish does not match m.state_digest, and is left to the pull (which downloads the anchor).
+void seed_snapshot(const Store& store, const Checkpoint& cp, const std::string& snapshot, const VersionManifest& m, size_t threads) {
+  const std::string copy = scratch_path(snapshot, "seed");
+  const auto copy_verified = [&]() -> std::optional<TensorDigests> {
+    std::error_code ec;
+    if (cp.is_directory()) fs::create_directories(copy, ec);
+    for (const auto& [name, path] : checkpoint_files(cp)) {
+      const std::string to = cp.is_directory() ? copy + "/" + name : copy;
+      if (ec || !fs::copy_file(path, to, ec) || !io::fsync_file(to).ok()) return std::nullopt;
+    }
+    auto copied = Checkpoint::open(copy);
+    if (!copied.ok()) return std::nullopt;
+    const auto d = tensor_digests(*copied, threads);
+    if (digest_hex(state_digest(d)) != m.state_digest) return std::nullopt;
+    return tensor_digests_by_name(*copied, d);
+  };
+  std::optional<TensorDigests> digests = copy_verified();
+  if (digests) {
+    remove_quietly(sidecar_path(snapshot));
+    if (replace_checkpoint(copy, snapshot).ok()) {
+      (void)write_sidecar(snapshot, store, m.version, m.state_digest, &*digests);
+      return;
+    }
+  }
+  remove_quietly(copy);
+}
+
 class Puller {
  public:
   Puller(Store& store, const std::string& local, const PullOptions& options)
@@ -593,7 +622,9 @@ Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, 
     result.notify_failures = notify_receivers(options.notify_urls, m.version, options.notify_token, options.notify_timeout_seconds);
   }
   result.state_digest = m.state_digest;
-  // Move the snapshot to the new version (applies the delta just published, or restores the anchor).
+  // Move the snapshot to the new version: a version without a delta is seeded from the checkpoint
+  // itself, not downloaded again; otherwise the pull applies the delta just published.
+  if (!m.base_version) seed_snapshot(store, cp, options.snapshot_path, m, options.patch.threads);
   PullOptions po;
   po.version = m.version;
   po.threads = options.patch.threads;

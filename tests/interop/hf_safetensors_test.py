@@ -13,9 +13,11 @@ import sys
 import tempfile
 
 import numpy as np
-import xxhash
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dws_spec import state_digest, tensor_digest  # noqa: E402
 
 
 def run(dws, *args):
@@ -23,59 +25,6 @@ def run(dws, *args):
     if proc.returncode != 0:
         raise SystemExit(f"dws {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
     return proc
-
-
-M64 = (1 << 64) - 1
-DTYPE_NAMES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int64): "I64",
-               np.dtype(np.bool_): "BOOL", np.dtype(np.int32): "I32"}
-
-
-def _u64(x):
-    return x.to_bytes(8, "little")
-
-
-def _s(b):
-    return _u64(len(b)) + b
-
-
-def _mix(x):
-    """docs/patch-format.md §5 mix(), lane-wise over a uint64 array: returns (high, low)."""
-    with np.errstate(over="ignore"):
-        x = x ^ (x >> np.uint64(33))
-        x = x * np.uint64(0xFF51AFD7ED558CCD)
-        low = x ^ (x >> np.uint64(29))
-        x = x ^ (x >> np.uint64(33))
-        x = x * np.uint64(0xC4CEB9FE1A85EC53)
-        x = x ^ (x >> np.uint64(33))
-    return x, low
-
-
-def tensor_digest(name, array):
-    """The format-v2 tensor digest as 32 hex digits, high lane first."""
-    seed_bytes = (_s(b"dws-tensor-v2") + _s(name.encode()) + _s(DTYPE_NAMES[array.dtype].encode()) +
-                  _u64(array.ndim) + b"".join(_u64(d) for d in array.shape))
-    seed = xxhash.xxh3_128_intdigest(seed_bytes)
-    seed_high, seed_low = seed >> 64, seed & M64
-    raw = array.tobytes()
-    raw += b"\0" * (-len(raw) % 8)
-    words = np.frombuffer(raw, dtype="<u8")
-    j = np.arange(len(words), dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        x = ((j + np.uint64(seed_low)) * np.uint64(0x9E3779B97F4A7C15)) ^ words ^ np.uint64(seed_high)
-    high, low = _mix(x)
-    term_high = int(_mix(np.array([(seed_high + 1) & M64], dtype=np.uint64))[0][0])
-    term_low = int(_mix(np.array([(seed_low + 2) & M64], dtype=np.uint64))[0][0])
-    h = (term_high + int(high.sum(dtype=np.uint64))) & M64  # numpy sums wrap modulo 2^64
-    lo = (term_low + int(low.sum(dtype=np.uint64))) & M64
-    return f"{h:016x}{lo:016x}"
-
-
-def state_digest(tensors):
-    h = lo = 0
-    for name, array in tensors.items():
-        d = tensor_digest(name, array)
-        h, lo = (h + int(d[:16], 16)) & M64, (lo + int(d[16:], 16)) & M64
-    return f"{h:016x}{lo:016x}"
 
 
 def main():

