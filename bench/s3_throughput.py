@@ -14,7 +14,8 @@ reported as ratios to boto3 moving the same bytes.
   delta pull       dws pull of version 1 onto version 0 (download the patch, apply in place)
                    vs boto3 download_file of the whole step-1 checkpoint
 
-Peak RSS of each dws process is reported too (it includes the checkpoint pages dws maps to hash and
+The anchor's transfer alone (first byte to last, from dws's `--progress on` lines) is reported as a
+ratio to boto3 too. Peak RSS of each dws process is reported (it includes the checkpoint pages dws maps to hash and
 diff; the S3 driver's own bound is the S3Driver memory test's).
 
 Usage: bench/s3_throughput.py [--dws build/dws] [--runs 3] [--work DIR] [--json OUT]
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -39,15 +41,17 @@ import weed_fixture  # noqa: E402
 
 
 def timed(argv, env):
-    """Runs argv; returns (seconds, peak RSS in MiB). Fails loudly."""
+    """Runs argv (a dws store command, given --progress on); returns (seconds, peak RSS in MiB, seconds
+    spent moving bytes as its final progress lines report them). Fails loudly."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, _, rusage = os.wait4(proc.pid, 0)
+    proc = subprocess.Popen(argv + ["--progress", "on"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.read().decode()
+    _, status, rusage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
-    out, err = proc.communicate()
-    if proc.returncode not in (0, None) and proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed: {err.decode()}")
-    return seconds, rusage.ru_maxrss / 1024
+    if status != 0:
+        raise SystemExit(f"{' '.join(argv)} failed: {err}")
+    moving = sum(float(m) for m in re.findall(r"objects\)(?:, [^,]*/s)? in ([0-9.]+) s", err))
+    return seconds, rusage.ru_maxrss / 1024, moving
 
 
 def main():
@@ -74,6 +78,7 @@ def main():
     rows = {k: [] for k in ("anchor_publish", "anchor_pull", "delta_publish", "delta_pull",
                             "boto3_put0", "boto3_get0", "boto3_put1", "boto3_get1")}
     rss = {k: [] for k in ("anchor_publish", "anchor_pull", "delta_publish", "delta_pull")}
+    moving = {k: [] for k in rss}
     delta_bytes = 0
     try:
         for run in range(args.runs):
@@ -81,14 +86,14 @@ def main():
             uri = f"s3://{weed_fixture.BUCKET}/{tag}"
             snap = os.path.join(work, f"snap-{tag}.safetensors")
             local = os.path.join(work, f"local-{tag}.safetensors")
-            t, m = timed([args.dws, "-q", "publish", uri, steps[0], "--step", "0", "--snapshot", snap], env)
-            rows["anchor_publish"].append(t), rss["anchor_publish"].append(m)
-            t, m = timed([args.dws, "-q", "pull", uri, local], env)
-            rows["anchor_pull"].append(t), rss["anchor_pull"].append(m)
-            t, m = timed([args.dws, "-q", "publish", uri, steps[1], "--step", "1", "--snapshot", snap], env)
-            rows["delta_publish"].append(t), rss["delta_publish"].append(m)
-            t, m = timed([args.dws, "-q", "pull", uri, local], env)
-            rows["delta_pull"].append(t), rss["delta_pull"].append(m)
+            t = timed([args.dws, "-q", "publish", uri, steps[0], "--step", "0", "--snapshot", snap], env)
+            rows["anchor_publish"].append(t[0]), rss["anchor_publish"].append(t[1]), moving["anchor_publish"].append(t[2])
+            t = timed([args.dws, "-q", "pull", uri, local], env)
+            rows["anchor_pull"].append(t[0]), rss["anchor_pull"].append(t[1]), moving["anchor_pull"].append(t[2])
+            t = timed([args.dws, "-q", "publish", uri, steps[1], "--step", "1", "--snapshot", snap], env)
+            rows["delta_publish"].append(t[0]), rss["delta_publish"].append(t[1]), moving["delta_publish"].append(t[2])
+            t = timed([args.dws, "-q", "pull", uri, local], env)
+            rows["delta_pull"].append(t[0]), rss["delta_pull"].append(t[1]), moving["delta_pull"].append(t[2])
             log = json.loads(subprocess.run([args.dws, "log", uri, "--json"], env=env, capture_output=True, check=True).stdout)
             delta_bytes = log["versions"][1]["delta_bytes"]
             for i in range(2):
@@ -113,11 +118,15 @@ def main():
         "model_bytes": size, "delta_bytes": delta_bytes, "runs": args.runs,
         "seconds_median": med,
         "peak_rss_mib_median": {k: statistics.median(v) for k, v in rss.items()},
+        "transfer_seconds_median": {k: statistics.median(v) for k, v in moving.items()},
         "ratio_to_boto3": {  # time of dws / time of boto3 moving the checkpoint: < 1 is faster than boto3
             "anchor_publish": med["anchor_publish"] / med["boto3_put0"],
             "anchor_pull": med["anchor_pull"] / med["boto3_get0"],
             "delta_publish_vs_full_upload": med["delta_publish"] / med["boto3_put1"],
             "delta_pull_vs_full_download": med["delta_pull"] / med["boto3_get1"],
+            # the anchor's bytes alone (dws's progress line: first byte to last), same bytes as boto3's
+            "anchor_upload_only": statistics.median(moving["anchor_publish"]) / med["boto3_put0"],
+            "anchor_download_only": statistics.median(moving["anchor_pull"]) / med["boto3_get0"],
         },
     }
     mib = size / 2**20
@@ -127,6 +136,9 @@ def main():
                                ("delta publish", "delta_publish", "boto3_put1"), ("delta pull", "delta_pull", "boto3_get1")):
         print(f"{name:18} {med[ours]:8.2f} {med[theirs]:8.2f} {med[ours] / med[theirs]:10.2f} {mib / med[ours]:10.0f} "
               f"{mib / med[theirs]:12.0f} {result['peak_rss_mib_median'][ours]:10.0f} MiB")
+    r = result["ratio_to_boto3"]
+    print(f"transfer alone (anchor bytes, dws's progress timing): upload {r['anchor_upload_only']:.2f}x boto3's time, "
+          f"download {r['anchor_download_only']:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

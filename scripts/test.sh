@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs every test. DWS_SOAK=1 runs the long crash-safety soak (150 kill -9 trials
-# per mode instead of 12).
+# Sets up, builds and runs every test. DWS_SOAK=1 runs the long soaks instead of their short forms:
+# crash-safety kill -9 trials (150 per mode instead of 12), two-writer publish kills (120 instead of 12),
+# and SeaweedFS kill/restart fault trials (10 per scenario instead of 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

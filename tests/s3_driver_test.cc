@@ -11,6 +11,7 @@
 #include <random>
 
 #include "dws/store.h"
+#include "dws/sync.h"
 #include "store/s3_config.h"
 #include "test_util.h"
 
@@ -275,6 +276,37 @@ TEST(S3Driver, AnUnreachableEndpointIsUnavailableAfterBoundedRetries) {
 
 namespace dws {
 namespace {
+
+TEST(S3Driver, AFollowerOutlivesAnUnavailableStore) {
+  TempDir home;
+  auto env = clean_aws_env(home.path());
+  ScopedEnv e({{"DWS_S3_RETRY_SECONDS", "0.2"}});
+  auto store = open_store("s3://bucket/p", StoreOptions{.endpoint = "http://127.0.0.1:1"});
+  ASSERT_TRUE(store.ok());
+  int pulls = 0;
+  std::vector<Status> outages;
+  FollowOptions o;
+  o.poll_seconds = 0.01;
+  o.keep_going = [&] { return outages.size() < 3 && ++pulls < 100; };
+  o.on_unavailable = [&](const Status& st) { outages.push_back(st); };
+  EXPECT_TRUE(follow(**store, home / "local.safetensors", o).ok());
+  ASSERT_EQ(outages.size(), 3u) << "every failed poll is reported, and the loop goes on";
+  EXPECT_EQ(outages[0].code(), ErrorCode::kUnavailable);
+  // Without a listener the outage is still outlived; any other failure ends the loop.
+  pulls = 0;
+  o.on_unavailable = nullptr;
+  o.keep_going = [&] { return ++pulls < 6; };
+  EXPECT_TRUE(follow(**store, home / "local.safetensors", o).ok());
+  ScopedEnv denied({{"AWS_ACCESS_KEY_ID", "k"}, {"AWS_SECRET_ACCESS_KEY", "s"}});
+  auto fixture = test::open_fixture_s3_store("follow-denied");
+  if (fixture) {
+    ::setenv("AWS_SECRET_ACCESS_KEY", "wrong", 1);
+    auto wrong = open_store(fixture->describe());
+    ASSERT_TRUE(wrong.ok());
+    pulls = 0;
+    EXPECT_EQ(follow(**wrong, home / "local.safetensors", o).code(), ErrorCode::kDenied);
+  }
+}
 
 TEST(S3Cli, EndpointFlagAndProgressLineOnRequestQuietOnAPipe) {
   auto probe = test::open_fixture_s3_store("cli");  // loads the fixture's environment

@@ -169,6 +169,10 @@ int cmd_pull(const SyncCommands& c, size_t threads, bool quiet) {
   o.listener = listener.get();
   o.threads = threads;
   auto t0 = std::chrono::steady_clock::now();
+  o.on_unavailable = [&](const Status& st) {
+    ProgressLine::get().finish();
+    std::fprintf(stderr, "dws: warning: %s (still following; %s stays at its last version)\n", st.to_string().c_str(), c.checkpoint.c_str());
+  };
   o.on_pull = [&](const PullResult& r) {
     ProgressLine::get().finish();
     if (!quiet) print_pull(c.checkpoint, r, seconds_since(t0));

@@ -38,6 +38,7 @@ void ProgressLine::update(const TransferProgress& p) {
   last_event_ = now;
   upload_ = p.upload;
   objects_[std::string(p.key)] = Object{p.bytes_done, p.bytes_total};
+  if (p.bytes_done == p.bytes_total) last_complete_ = now;
   if (now - last_print_ >= (tty_ ? std::chrono::milliseconds(250) : std::chrono::milliseconds(1000))) {
     last_print_ = now;
     print_locked(false);
@@ -59,7 +60,9 @@ void ProgressLine::print_locked(bool final) {
     total += o.total;
     complete += o.done == o.total;
   }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+  // The final line times first byte to last completed object (not the work after the transfers).
+  const auto end = final && last_complete_ > started_ ? last_complete_ : std::chrono::steady_clock::now();
+  const double seconds = std::chrono::duration<double>(end - started_).count();
   // The rate (and ETA) once there is a quarter second to average over.
   char rate[96] = "";
   if (seconds >= 0.25) {

@@ -35,7 +35,7 @@ class ProgressLine {
   std::mutex mu_;
   std::map<std::string, Object> objects_;
   bool upload_ = false, shown_ = false;
-  std::chrono::steady_clock::time_point started_, last_print_, last_event_;
+  std::chrono::steady_clock::time_point started_, last_print_, last_event_, last_complete_;
 };
 
 }  // namespace dws::cli

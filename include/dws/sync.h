@@ -140,10 +140,14 @@ struct FollowOptions {
   std::function<void(const PullResult&)> on_pull;  // after each pull that reached a new version
   size_t threads = 0;
   bool audit = false;                       // the first pull rescans the local checkpoint (PullOptions::audit)
+  // A pull that failed with E_UNAVAILABLE (the store was unreachable past its retry deadline); the loop
+  // goes on, the local checkpoint stays at the last version it reached. Empty: ignored.
+  std::function<void(const Status&)> on_unavailable;
 };
 
 // Keeps local_path at the store's latest version: pull, then wait for a poke or the poll interval.
-// Returns when keep_going says so (Ok) or on the first failed pull other than an empty store.
+// Returns when keep_going says so (Ok) or on the first failed pull other than an empty store or an
+// unavailable one (outages are outlived: see on_unavailable).
 Status follow(Store& store, const std::string& local_path, const FollowOptions& options);
 
 // The local checkpoint's version according to its sidecar (nullopt when there is none).

@@ -502,6 +502,8 @@ Status follow(Store& store, const std::string& local_path, const FollowOptions& 
     if (r.ok()) {
       if ((!last || *last != r->version) && options.on_pull) options.on_pull(*r);
       last = r->version;
+    } else if (r.status().code() == ErrorCode::kUnavailable) {
+      if (options.on_unavailable) options.on_unavailable(r.status());  // an outage: keep following
     } else if (!(r.status().code() == ErrorCode::kNotFound && !last)) {
       return r.status();  // an empty store is only "not yet"
     }
