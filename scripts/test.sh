@@ -4,6 +4,13 @@
 # and SeaweedFS kill/restart fault trials (10 per scenario instead of 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# PyTorch for the Python end-to-end test: Debian's CPU build for /usr/bin/python3 (seconds; the PyPI
+# wheel would pull in gigabytes of CUDA libraries).
+if ! dpkg -s python3-torch >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-torch >/dev/null
+fi
 bash scripts/setup.sh
 cd build
 # The S3 cases must run (the fixture starts SeaweedFS); a missing server fails them instead of skipping.

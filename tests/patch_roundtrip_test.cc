@@ -217,3 +217,65 @@ TEST(RoundTrip, ApplyRefusesAnExistingOutputUnlessForced) {
 
 }  // namespace
 }  // namespace dws
+
+namespace dws {
+namespace {
+
+// apply_patch_to_tensors (the path of tensors held in memory, e.g. by the Python Subscriber): every
+// encoding lands bit-identical in O(changes); a wrong base digest, a wrong shape and a structural patch
+// are refused with nothing written.
+TEST(RoundTrip, PatchesApplyIntoTensorsInMemoryOrWriteNothing) {
+  TempDir dir;
+  std::mt19937_64 rng(47);
+  auto base = random_checkpoint(rng, DType::kBF16);
+  auto next = mutate_all(rng, base, 0.01);
+  ASSERT_TRUE(test::write_tensors(dir / "base.safetensors", base).ok());
+  ASSERT_TRUE(test::write_tensors(dir / "next.safetensors", next).ok());
+  const auto base_cp = Checkpoint::open(dir / "base.safetensors");
+  ASSERT_TRUE(base_cp.ok());
+  const TensorDigests base_digests = tensor_digests_by_name(*base_cp, tensor_digests(*base_cp, 1));
+  for (Encoding enc : test::kPatchEncodings) {
+    CreatePatchOptions o;
+    o.encoding = enc;
+    ASSERT_TRUE(create_patch(*base_cp, *Checkpoint::open(dir / "next.safetensors"), dir / "p.dwsp", o).ok());
+    auto patch = Patch::open(dir / "p.dwsp");
+    ASSERT_TRUE(patch.ok());
+    auto memory = base;  // the tensors "in memory"
+    std::vector<TensorView> views;
+    for (auto& t : memory) views.push_back({t.name, t.dtype, t.shape, std::span(t.bytes)});
+    // A wrong digest for one tensor: refused, and no tensor is written.
+    TensorDigests wrong = base_digests;
+    wrong.begin()->second.low ^= 1;
+    auto refused = apply_patch_to_tensors(*patch, views, wrong);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.status().code(), ErrorCode::kBaseMismatch) << encoding_name(enc);
+    for (size_t i = 0; i < memory.size(); ++i) EXPECT_TRUE(memory[i].bytes == base[i].bytes) << "written before the refusal";
+    // A view of the wrong shape: E_INVALID_ARGUMENT naming the tensor.
+    auto reshaped = views;
+    reshaped[0].shape = {reshaped[0].shape[0] * reshaped[0].shape[1]};
+    TensorDigests d = base_digests;
+    auto bad_shape = apply_patch_to_tensors(*patch, reshaped, d);
+    ASSERT_FALSE(bad_shape.ok());
+    EXPECT_EQ(bad_shape.status().code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(bad_shape.status().message().find(views[0].name), std::string::npos) << bad_shape.status().to_string();
+    // The right digests: bit-identical to the target, with the target's digests.
+    auto applied = apply_patch_to_tensors(*patch, views, d);
+    ASSERT_TRUE(applied.ok()) << encoding_name(enc) << ": " << applied.status().to_string();
+    for (size_t i = 0; i < memory.size(); ++i) EXPECT_TRUE(memory[i].bytes == next[i].bytes) << encoding_name(enc) << " " << memory[i].name;
+    for (const auto& t : memory) EXPECT_EQ(d.at(t.name), tensor_digest(t.name, t.dtype, t.shape, t.bytes)) << t.name;
+  }
+  // A structural patch (a tensor added) cannot apply to a fixed set of tensors.
+  auto grown = next;
+  grown.push_back(test::random_tensor(rng, "zz.added", DType::kF32, {5}));
+  ASSERT_TRUE(test::write_tensors(dir / "grown.safetensors", grown).ok());
+  ASSERT_TRUE(create_patch(*base_cp, *Checkpoint::open(dir / "grown.safetensors"), dir / "g.dwsp", {}).ok());
+  auto patch = Patch::open(dir / "g.dwsp");
+  auto memory = base;
+  std::vector<TensorView> views;
+  for (auto& t : memory) views.push_back({t.name, t.dtype, t.shape, std::span(t.bytes)});
+  TensorDigests d = base_digests;
+  EXPECT_EQ(apply_patch_to_tensors(*patch, views, d).status().code(), ErrorCode::kUnsupported);
+}
+
+}  // namespace
+}  // namespace dws

@@ -154,6 +154,25 @@ Result<ApplyStats> apply_patch(const std::string& base_path, const Patch& patch,
 Result<ApplyStats> apply_patch_in_place(const std::string& checkpoint_path, const Patch& patch,
                                         const ApplyOptions& options);
 
+// A tensor in the caller's host memory (a numpy array, a torch CPU tensor): C-contiguous, little-endian.
+struct TensorView {
+  std::string name;
+  DType dtype = DType::kU8;
+  std::vector<uint64_t> shape;
+  std::span<std::byte> data;
+};
+
+// Applies `patch` into tensors held in memory, in place, in O(changes). `digests` must hold the tensor
+// digest of every view the patch touches: the caller vouches for them (as for ApplyOptions::base_digests:
+// recorded when the views were filled from a verified checkpoint and kept since); each must equal the
+// patch's base digest (E_BASE_MISMATCH). Every result is checked against its target digest before
+// anything is written, so a refused patch leaves every view untouched; the decoded changes are held
+// meanwhile (memory O(changes)). On success `digests` holds the new digests; returns the elements written.
+// A patch that adds, removes or re-shapes tensors, or changes a dtype, is E_UNSUPPORTED (the views
+// cannot grow); a view missing for a patched tensor, or whose dtype, shape or size differs, is
+// E_INVALID_ARGUMENT. Views the patch does not name are not read.
+Result<uint64_t> apply_patch_to_tensors(const Patch& patch, std::span<const TensorView> views, TensorDigests& digests);
+
 struct RecoverStats {
   bool had_journal = false;
   uint64_t records = 0;

@@ -114,6 +114,11 @@ struct PullOptions {
   bool audit = false;
   // Called after each applied version (progress); may be empty.
   std::function<void(uint64_t version, bool from_anchor)> on_version;
+  // Called with each patch (a delta, or a fold spanning versions) right after it was applied to the
+  // local checkpoint itself, in order, so that a copy held elsewhere (tensors in memory) can follow in
+  // O(changes) with apply_patch_to_tensors. Patches applied while restoring an anchor are not passed:
+  // after a pull with used_anchor such a copy must be reloaded whole. May be empty.
+  std::function<void(const Patch& patch)> on_patch;
 };
 
 struct PullResult {

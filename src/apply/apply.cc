@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <unordered_map>
 
 #include "apply/journal.h"
 #include "codec/codecs.h"
@@ -12,6 +13,12 @@
 namespace dws {
 
 namespace {
+
+std::string shape_to_string(const std::vector<uint64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
 
 Status base_mismatch(const std::string& msg) { return make_error(ErrorCode::kBaseMismatch, msg); }
 
@@ -286,6 +293,74 @@ Result<ApplyStats> apply_patch_in_place(const std::string& checkpoint_path, cons
   auto replayed = journal::replay(checkpoint_path, &had_journal);
   if (!replayed.ok()) return replayed.status().with_context("apply --in-place: replaying the committed journal (run 'dws recover')");
   return stats;
+}
+
+Result<uint64_t> apply_patch_to_tensors(const Patch& patch, std::span<const TensorView> views, TensorDigests& digests) {
+  const PatchHeader& h = patch.header();
+  const std::string what = "apply to tensors: ";
+  if (!h.removed.empty()) {
+    return make_error(ErrorCode::kUnsupported, what + "the patch removes tensor '" + h.removed.front().name +
+                                                   "'; tensors in memory cannot change their set (reload the model)");
+  }
+  std::unordered_map<std::string_view, const TensorView*> by_name;
+  for (const TensorView& v : views) by_name.emplace(v.name, &v);
+  // The changes of one tensor, decoded and checked, waiting to be written.
+  struct Pending {
+    const TensorView* view = nullptr;
+    const PatchTensor* tensor = nullptr;
+    std::vector<uint64_t> positions;
+    std::vector<std::byte> values;
+  };
+  std::vector<Pending> pending;
+  ApplyStats stats;
+  for (const PatchTensor& t : h.tensors) {
+    if (t.change != TensorChange::kModified) {
+      return make_error(ErrorCode::kUnsupported, what + "the patch " + (t.change == TensorChange::kAdded ? "adds" : "re-creates") +
+                                                     " tensor '" + t.name + "'; tensors in memory cannot change their set or shape");
+    }
+    auto it = by_name.find(t.name);
+    if (it == by_name.end()) return make_error(ErrorCode::kInvalidArgument, what + "no tensor '" + t.name + "' was given");
+    const TensorView& v = *it->second;
+    const uint64_t want_bytes = t.numel() * dtype_size_bytes(t.dtype);
+    if (v.dtype != t.dtype || v.shape != t.shape || v.data.size() != want_bytes) {
+      return make_error(ErrorCode::kInvalidArgument, what + "tensor '" + t.name + "' is " + std::string(dtype_name(v.dtype)) + " " +
+                                                         shape_to_string(v.shape) + " (" + std::to_string(v.data.size()) + " bytes); the patch expects " +
+                                                         std::string(dtype_name(t.dtype)) + " " + shape_to_string(t.shape));
+    }
+    auto known = digests.find(t.name);
+    if (known == digests.end()) return make_error(ErrorCode::kInvalidArgument, what + "no digest was given for tensor '" + t.name + "'");
+    if (!t.base_digest || known->second != *t.base_digest) {
+      return base_mismatch(what + "tensor '" + t.name + "' has digest " + digest_hex(known->second) + "; the patch applies to " +
+                           (t.base_digest ? digest_hex(*t.base_digest) : std::string("none")));
+    }
+    Pending p{&v, &t, {}, {}};
+    if (t.encoding == Encoding::kFull) {
+      const Digest128 got = tensor_digest(t.name, t.dtype, t.shape, patch.payload(t, 0));
+      if (got != t.target_digest) return target_mismatch(what, t, got);
+    } else {
+      DWS_RETURN_IF_ERROR(decode_checked(patch, t, v.data, known->second, what, stats,
+                                         [&](std::span<const uint64_t> pos, std::span<const std::byte> vals) {
+                                           p.positions.insert(p.positions.end(), pos.begin(), pos.end());
+                                           p.values.insert(p.values.end(), vals.begin(), vals.end());
+                                           return Status::Ok();
+                                         }));
+    }
+    pending.push_back(std::move(p));
+  }
+  // Everything checked: write.
+  uint64_t written = 0;
+  for (const Pending& p : pending) {
+    if (p.tensor->encoding == Encoding::kFull) {
+      const auto payload = patch.payload(*p.tensor, 0);
+      std::memcpy(p.view->data.data(), payload.data(), payload.size());
+      written += p.tensor->numel();
+    } else {
+      scatter(p.view->data, dtype_size_bytes(p.tensor->dtype), p.positions, p.values);
+      written += p.positions.size();
+    }
+    digests[p.tensor->name] = p.tensor->target_digest;
+  }
+  return written;
 }
 
 Result<RecoverStats> recover_checkpoint(const std::string& checkpoint_path) {

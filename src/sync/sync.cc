@@ -399,6 +399,7 @@ class Puller {
         auto applied = apply_patch_in_place(path, *patch, ao);
         if (applied.ok()) {
           digests = std::move(applied->target_digests);
+          if (path == local_ && options_.on_patch) options_.on_patch(*patch);
         } else {
           digests.reset();  // whatever happened, they are no longer known to describe the files
           st = applied.status();

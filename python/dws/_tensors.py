@@ -1,0 +1,53 @@
+"""Tensors from numpy and PyTorch (CPU) as the native core takes them, without importing torch."""
+from dws import _core
+
+# torch dtypes by their str() (so torch is never imported here), and numpy dtypes by name.
+_TORCH_DTYPES = {
+    "torch.float64": "F64", "torch.float32": "F32", "torch.float16": "F16", "torch.bfloat16": "BF16",
+    "torch.float8_e4m3fn": "F8_E4M3", "torch.float8_e5m2": "F8_E5M2",
+    "torch.int64": "I64", "torch.int32": "I32", "torch.int16": "I16", "torch.int8": "I8",
+    "torch.uint8": "U8", "torch.bool": "BOOL",
+}
+_NUMPY_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32", "int16": "I16",
+    "int8": "I8", "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL",
+}
+
+
+def _is_torch(t):
+    return type(t).__module__.startswith("torch")
+
+
+def dtype_name(t):
+    """The safetensors dtype name of a numpy array or torch tensor (TypeError otherwise)."""
+    if _is_torch(t):
+        name = _TORCH_DTYPES.get(str(t.dtype))
+    else:
+        dtype = getattr(t, "dtype", None)
+        name = _NUMPY_DTYPES.get(getattr(dtype, "name", ""))
+    if name is None:
+        raise TypeError(f"dws: unsupported tensor type or dtype: {type(t).__name__} {getattr(t, 'dtype', None)}")
+    return name
+
+
+def tensor_arg(name, t):
+    """A _core.TensorArg viewing `t`'s memory (no copy). CPU and C-contiguous only."""
+    dtype = dtype_name(t)  # TypeError for anything that is not a numpy array or torch tensor
+    if _is_torch(t):
+        if t.device.type != "cpu":
+            raise ValueError(f"dws: tensor '{name}' is on {t.device}; CUDA tensors arrive with the GPU path")
+        if not t.is_contiguous():
+            raise ValueError(f"dws: tensor '{name}' is not contiguous; pass .contiguous()")
+        shape = [int(d) for d in t.shape]
+        array = t.detach()  # DLPack; nanobind takes any dtype, bf16 included
+    else:
+        shape = [int(d) for d in t.shape]
+        array = t
+        if not t.flags["C_CONTIGUOUS"]:
+            raise ValueError(f"dws: array '{name}' is not C-contiguous; pass numpy.ascontiguousarray(...)")
+    return _core.TensorArg(name, dtype, shape, array)
+
+
+def tensor_args(mapping):
+    """_core.TensorArgs for a {name: tensor} mapping, in name order."""
+    return [tensor_arg(name, mapping[name]) for name in sorted(mapping)]

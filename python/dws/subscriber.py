@@ -1,0 +1,114 @@
+"""The receiver side: follow a store's versions, into a local checkpoint and into tensors in memory."""
+import threading
+
+from dws import _core
+from dws._tensors import tensor_args
+from dws.errors import MismatchError, NotFoundError, StoreUnavailableError
+
+
+class Subscriber:
+    """Keeps `local` (a safetensors checkpoint on disk, the durable copy) at a version of `store`, and,
+    when given, the tensors of an `into` mapping too.
+
+    The local checkpoint is pulled in place in O(changes), verified, crash-safely (docs/store.md). A
+    mapping given to pull(into=...) follows through the same patches, applied in memory in O(changes)
+    and checked against the trainer's digests; it is reloaded whole from the local checkpoint the first
+    time, after a pull restored an anchor, or when its recorded digests stop matching (e.g. something
+    else wrote to it).
+    """
+
+    def __init__(self, store, local, *, threads=0, endpoint=""):
+        self._store = _core.open_store(store, endpoint) if isinstance(store, str) else store
+        self.local, self.threads = local, threads
+        self.version = None
+        self.state_digest = None
+        self._mirror_id = None       # id() of the mapping the digests below describe
+        self._mirror_digests = None  # {name: hex digest} of that mapping's tensors, as last verified
+        self._follow_thread = None
+        self._stop = threading.Event()
+
+    def pull(self, into=None, version=None, audit=False):
+        """Brings the local checkpoint (and `into`, a {name: tensor} mapping of the model's tensors,
+        same names, dtypes and shapes) to `version` (default: the latest). `audit` rescans the local
+        checkpoint and the mapping instead of trusting their recorded digests. Returns pull's dict
+        (version, applied, used_anchor, bytes_downloaded, ...) plus "into_changes": elements written
+        into the mapping by patches (None when it was reloaded whole)."""
+        args = None
+        digests = None
+        if into is not None:
+            args = tensor_args(into)
+            if self._mirror_id == id(into):
+                digests = self._mirror_digests
+                if audit:  # do not trust the recorded digests: rescan the mapping (O(model))
+                    digests = {a.name: _core.tensor_digest(a) for a in args}
+        state = {"digests": digests, "changes": 0, "stale": digests is None}
+
+        def on_patch(patch):
+            if state["stale"]:
+                return
+            try:
+                written, state["digests"] = _core.apply_patch_to_tensors(patch, args, state["digests"])
+                state["changes"] += written
+            except MismatchError:
+                state["stale"] = True  # the mapping is not at the patch's base: reload it whole below
+
+        result = _core.pull(self._store, self.local, version, self.threads, audit, on_patch if args is not None else None)
+        self.version, self.state_digest = result["version"], result["state_digest"]
+        result["into_changes"] = None
+        if args is not None:
+            # The mapping must now describe what the local checkpoint holds (verified by the pull): any
+            # tensor whose digest disagrees (audit found a write behind our back) means a reload.
+            local = result["tensor_digests"]
+            if not state["stale"] and local and any(state["digests"].get(a.name) != local.get(a.name) for a in args):
+                state["stale"] = True
+            if state["stale"] or result["used_anchor"]:
+                _core.load_into(self.local, args)
+                digests = result["tensor_digests"] or {a.name: _core.tensor_digest(a) for a in args}
+                self._mirror_digests = {a.name: digests[a.name] for a in args}
+            else:
+                self._mirror_digests = state["digests"]
+                result["into_changes"] = state["changes"]
+            self._mirror_id = id(into)
+        return result
+
+    def follow(self, into=None, poll_seconds=1.0, on_version=None, on_error=None):
+        """Pulls on a background thread every `poll_seconds` until stop(). on_version(result) after each
+        pull that reached a new version; on_error(exception) when a pull fails (the loop goes on when the
+        store is only unavailable, and stops on any other error)."""
+        if self._follow_thread is not None:
+            raise RuntimeError("dws: this Subscriber is already following")
+        self._stop.clear()
+
+        def loop():
+            last = self.version
+            while not self._stop.is_set():
+                try:
+                    r = self.pull(into=into)
+                    if r["version"] != last and on_version:
+                        on_version(r)
+                    last = r["version"]
+                except StoreUnavailableError as e:
+                    if on_error:
+                        on_error(e)
+                except NotFoundError as e:
+                    if self.version is not None:  # after a first version, a missing object is a real failure
+                        if on_error:
+                            on_error(e)
+                        return
+                    # an empty store is only "not yet"
+                except Exception as e:  # noqa: BLE001 - reported, then the loop ends
+                    if on_error:
+                        on_error(e)
+                    return
+                self._stop.wait(poll_seconds)
+
+        self._follow_thread = threading.Thread(target=loop, name="dws-subscriber", daemon=True)
+        self._follow_thread.start()
+        return self._follow_thread
+
+    def stop(self):
+        """Stops follow() and waits for its thread."""
+        self._stop.set()
+        if self._follow_thread is not None:
+            self._follow_thread.join()
+            self._follow_thread = None

@@ -1,0 +1,295 @@
+// dws._core: the nanobind bindings behind the `dws` Python package (python/dws). Thin by design: the
+// Python layer (Publisher, Subscriber) composes these calls. Tensors cross as nanobind ndarrays (the
+// buffer protocol or DLPack: numpy arrays, torch CPU tensors) without copies; the GIL is released for
+// every call that does I/O or hashing. Errors become dws._core.Error(code, name, message); python/dws/
+// errors.py maps them to exception classes, in one place.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/function.h>
+#include <nanobind/stl/map.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <memory>
+
+#include "dws/checkpoint.h"
+#include "dws/digest.h"
+#include "dws/patch.h"
+#include "dws/store.h"
+#include "dws/sync.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+// dws.errors._from_core(code, name, message) -> the exception instance for that error code (the one
+// place codes map to classes). Held for the process's life (never released: interpreter teardown order).
+nb::handle& error_factory() {
+  static nb::handle factory;
+  return factory;
+}
+
+[[noreturn]] void raise(const dws::Status& st) {
+  nb::object e = error_factory()(static_cast<int>(st.code()), std::string(dws::error_code_name(st.code())), st.message());
+  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(e.ptr())), e.ptr());
+  throw nb::python_error();
+}
+
+void check(const dws::Status& st) {
+  if (!st.ok()) raise(st);
+}
+
+template <typename T>
+T value_or_raise(dws::Result<T>&& r) {
+  if (!r.ok()) raise(r.status());
+  return std::move(r).value();
+}
+
+// A CPU tensor of any dtype, as raw bytes. The dtype name and shape come from the Python side, which
+// knows the framework's dtype (numpy has no bfloat16); the byte size must agree.
+using AnyArray = nb::ndarray<nb::c_contig, nb::device::cpu>;
+
+struct TensorArg {
+  std::string name;
+  std::string dtype;
+  std::vector<uint64_t> shape;
+  AnyArray array;
+};
+
+dws::TensorView to_view(const TensorArg& t) {
+  auto dt = dws::dtype_from_name(t.dtype);
+  if (!dt) raise(dws::make_error(dws::ErrorCode::kDtype, "tensor '" + t.name + "': unknown safetensors dtype '" + t.dtype + "'"));
+  uint64_t numel = 1;
+  for (uint64_t d : t.shape) numel *= d;
+  const uint64_t want = numel * dws::dtype_size_bytes(*dt);
+  if (t.array.nbytes() != want) {
+    raise(dws::make_error(dws::ErrorCode::kInvalidArgument, "tensor '" + t.name + "': " + std::to_string(t.array.nbytes()) +
+                                                                " bytes, but " + t.dtype + " of that shape is " + std::to_string(want)));
+  }
+  return dws::TensorView{t.name, *dt, t.shape, std::span(static_cast<std::byte*>(t.array.data()), t.array.nbytes())};
+}
+
+std::vector<dws::TensorView> to_views(const std::vector<TensorArg>& tensors) {
+  std::vector<dws::TensorView> out;
+  out.reserve(tensors.size());
+  for (const auto& t : tensors) out.push_back(to_view(t));
+  return out;
+}
+
+std::map<std::string, std::string> digests_to_hex(const dws::TensorDigests& d) {
+  std::map<std::string, std::string> out;
+  for (const auto& [name, digest] : d) out.emplace(name, dws::digest_hex(digest));
+  return out;
+}
+
+dws::TensorDigests digests_from_hex(const std::map<std::string, std::string>& hex) {
+  dws::TensorDigests out;
+  for (const auto& [name, h] : hex) {
+    auto d = dws::digest_from_hex(h);
+    if (!d) raise(dws::make_error(dws::ErrorCode::kInvalidArgument, "tensor '" + name + "': digest '" + h + "' is not 32 hex digits"));
+    out.emplace(name, *d);
+  }
+  return out;
+}
+
+struct StoreHandle {
+  std::unique_ptr<dws::Store> store;
+};
+
+// A patch handed to a pull's on_patch callback; valid only during the callback.
+struct PatchHandle {
+  const dws::Patch* patch = nullptr;
+  const dws::Patch& get() const {
+    if (!patch) raise(dws::make_error(dws::ErrorCode::kInvalidArgument, "this patch was only valid inside the on_patch callback"));
+    return *patch;
+  }
+};
+
+nb::dict pull_result_dict(const dws::PullResult& r) {
+  nb::dict d;
+  d["from_version"] = r.from_version ? nb::cast(*r.from_version) : nb::none();
+  d["version"] = r.version;
+  d["used_anchor"] = r.used_anchor;
+  d["used_fold"] = r.used_fold;
+  d["applied"] = r.applied;
+  d["bytes_downloaded"] = r.bytes_downloaded;
+  d["state_digest"] = r.state_digest;
+  d["rescanned"] = r.rescanned;
+  d["tensor_digests"] = digests_to_hex(r.tensor_digests);
+  return d;
+}
+
+}  // namespace
+
+NB_MODULE(_core, m) {
+  m.doc() = "dws native core (use the `dws` package, not this module)";
+  nb::object factory = nb::module_::import_("dws.errors").attr("_from_core");
+  error_factory() = factory.release();
+
+  nb::class_<StoreHandle>(m, "Store")
+      .def("describe", [](const StoreHandle& s) { return s.store->describe(); }, "The store's URI, for messages.");
+  m.def(
+      "open_store",
+      [](const std::string& uri, const std::string& endpoint) {
+        dws::StoreOptions o;
+        o.endpoint = endpoint;
+        return StoreHandle{value_or_raise(dws::open_store(uri, o))};
+      },
+      "uri"_a, "endpoint"_a = "", "Opens a directory or s3:// store.");
+
+  nb::class_<PatchHandle>(m, "Patch")
+      .def_prop_ro("base_state_digest", [](const PatchHandle& p) { return dws::digest_hex(p.get().header().base_state_digest); })
+      .def_prop_ro("target_state_digest", [](const PatchHandle& p) { return dws::digest_hex(p.get().header().target_state_digest); });
+
+  m.def(
+      "publish",
+      [](StoreHandle& s, const std::string& checkpoint, const std::string& snapshot, std::optional<uint64_t> step, bool anchor,
+         uint64_t anchor_every, size_t threads) {
+        dws::PublishOptions o;
+        o.snapshot_path = snapshot;
+        o.step = step;
+        o.anchor = anchor;
+        o.anchor_every = anchor_every;
+        o.patch.threads = threads;
+        dws::Result<dws::PublishResult> r = dws::make_error(dws::ErrorCode::kInternal, "not run");
+        {
+          nb::gil_scoped_release release;
+          r = dws::publish(*s.store, checkpoint, o);
+        }
+        const dws::PublishResult p = value_or_raise(std::move(r));
+        nb::dict d;
+        d["version"] = p.version;
+        d["committed"] = p.committed;
+        d["already_published"] = p.already_published;
+        d["has_delta"] = p.has_delta;
+        d["has_anchor"] = p.has_anchor;
+        d["changes"] = p.changes;
+        d["delta_bytes"] = p.delta_bytes;
+        d["anchor_bytes"] = p.anchor_bytes;
+        d["state_digest"] = p.state_digest;
+        return d;
+      },
+      "store"_a, "checkpoint"_a, "snapshot"_a, "step"_a = nb::none(), "anchor"_a = false, "anchor_every"_a = 16, "threads"_a = 0);
+
+  m.def(
+      "pull",
+      [](StoreHandle& s, const std::string& local, std::optional<uint64_t> version, size_t threads, bool audit,
+         std::function<void(PatchHandle)> on_patch) {
+        dws::PullOptions o;
+        o.version = version;
+        o.threads = threads;
+        o.audit = audit;
+        if (on_patch) {
+          o.on_patch = [&](const dws::Patch& p) {
+            nb::gil_scoped_acquire acquire;
+            on_patch(PatchHandle{&p});
+          };
+        }
+        dws::Result<dws::PullResult> r = dws::make_error(dws::ErrorCode::kInternal, "not run");
+        {
+          nb::gil_scoped_release release;
+          r = dws::pull(*s.store, local, o);
+        }
+        return pull_result_dict(value_or_raise(std::move(r)));
+      },
+      "store"_a, "local"_a, "version"_a = nb::none(), "threads"_a = 0, "audit"_a = false, "on_patch"_a = nb::none());
+
+  nb::class_<TensorArg>(m, "TensorArg")
+      .def(nb::init<std::string, std::string, std::vector<uint64_t>, AnyArray>(), "name"_a, "dtype"_a, "shape"_a, "array"_a)
+      .def_ro("name", &TensorArg::name)
+      .def_ro("dtype", &TensorArg::dtype)
+      .def_ro("shape", &TensorArg::shape);
+
+  m.def(
+      "apply_patch_to_tensors",
+      [](const PatchHandle& p, const std::vector<TensorArg>& tensors, const std::map<std::string, std::string>& digests) {
+        auto views = to_views(tensors);
+        dws::TensorDigests d = digests_from_hex(digests);
+        uint64_t written = 0;
+        {
+          nb::gil_scoped_release release;
+          auto r = dws::apply_patch_to_tensors(p.get(), views, d);
+          if (!r.ok()) {
+            nb::gil_scoped_acquire acquire;
+            raise(r.status());
+          }
+          written = *r;
+        }
+        return nb::make_tuple(written, digests_to_hex(d));
+      },
+      "patch"_a, "tensors"_a, "digests"_a,
+      "Applies the patch into the tensors in place, in O(changes); returns (elements written, new digests).");
+
+  m.def(
+      "write_checkpoint",
+      [](const std::string& path, const std::vector<TensorArg>& tensors, const std::map<std::string, std::string>& metadata) {
+        auto views = to_views(tensors);
+        dws::CheckpointLayout layout;
+        layout.shards.emplace_back();
+        layout.shards[0].file = path.substr(path.find_last_of('/') + 1);
+        for (const auto& [k, v] : metadata) layout.shards[0].metadata[k] = v;
+        std::map<std::string, const dws::TensorView*, std::less<>> by_name;
+        for (const auto& v : views) {
+          if (!by_name.emplace(v.name, &v).second) raise(dws::make_error(dws::ErrorCode::kDuplicate, "tensor '" + v.name + "' given twice"));
+          layout.shards[0].tensors.push_back(dws::TensorSpec{v.name, v.dtype, v.shape});
+        }
+        nb::gil_scoped_release release;
+        dws::Status st = dws::write_checkpoint(path, layout,
+                                               [&](const dws::TensorSpec& spec, std::span<std::byte> out) {
+                                                 const auto& v = *by_name.at(spec.name);
+                                                 std::memcpy(out.data(), v.data.data(), out.size());
+                                                 return dws::Status::Ok();
+                                               },
+                                               /*overwrite=*/true);
+        nb::gil_scoped_acquire acquire;
+        check(st);
+      },
+      "path"_a, "tensors"_a, "metadata"_a = std::map<std::string, std::string>(),
+      "Writes the tensors as one safetensors file, atomically (replacing `path`).");
+
+  m.def(
+      "load_into",
+      [](const std::string& local, const std::vector<TensorArg>& tensors) {
+        auto views = to_views(tensors);
+        nb::gil_scoped_release release;
+        auto cp = dws::Checkpoint::open(local);
+        dws::Status st = cp.status();
+        for (size_t i = 0; st.ok() && i < views.size(); ++i) {
+          const auto& v = views[i];
+          const dws::CheckpointTensor* t = cp->find(v.name);
+          if (!t) {
+            st = dws::make_error(dws::ErrorCode::kNotFound, local + " has no tensor '" + v.name + "'");
+          } else if (t->dtype != v.dtype || t->shape != v.shape) {
+            st = dws::make_error(dws::ErrorCode::kInvalidArgument, "tensor '" + v.name + "': " + local + " holds " +
+                                                                       std::string(dws::dtype_name(t->dtype)) + " of another shape or dtype");
+          } else {
+            const auto bytes = cp->bytes(*t);
+            std::memcpy(v.data.data(), bytes.data(), bytes.size());
+          }
+        }
+        nb::gil_scoped_acquire acquire;
+        check(st);
+      },
+      "local"_a, "tensors"_a, "Copies each named tensor of the checkpoint at `local` into the given tensor (same dtype and shape).");
+
+  m.def(
+      "tensor_names",
+      [](const std::string& local) {
+        auto cp = value_or_raise(dws::Checkpoint::open(local));
+        std::vector<std::tuple<std::string, std::string, std::vector<uint64_t>>> out;
+        for (const auto& t : cp.tensors()) out.emplace_back(t.name, std::string(dws::dtype_name(t.dtype)), t.shape);
+        return out;
+      },
+      "local"_a, "(name, dtype, shape) of every tensor of a checkpoint.");
+
+  m.def(
+      "tensor_digest",
+      [](const TensorArg& t) {
+        const auto v = to_view(t);
+        return dws::digest_hex(dws::tensor_digest(v.name, v.dtype, v.shape, v.data));
+      },
+      "tensor"_a, "The format-v2 tensor digest (docs/patch-format.md §5) of one tensor, as 32 hex digits.");
+}
