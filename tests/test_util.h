@@ -207,7 +207,7 @@ inline RunResult run_cli(const std::vector<std::string>& args) {
 // The real SeaweedFS server of the ctest fixture `s3` (tests/s3/weed_fixture.py): its env file sets the
 // endpoint and credentials; each call opens a fresh random prefix of the test bucket. nullptr when the
 // fixture did not run (outside ctest); callers skip then, or fail when DWS_REQUIRE_S3=1 (scripts/test.sh).
-inline std::unique_ptr<Store> open_fixture_s3_store(const std::string& what) {
+inline std::unique_ptr<Store> open_fixture_s3_store(const std::string& what, const StoreOptions& options = {}) {
   std::ifstream env(std::string(DWS_S3_FIXTURE_DIR) + "/env");
   std::string line, bucket;
   while (std::getline(env, line)) {
@@ -218,7 +218,7 @@ inline std::unique_ptr<Store> open_fixture_s3_store(const std::string& what) {
   }
   if (bucket.empty()) return nullptr;
   std::mt19937_64 rng(std::random_device{}());
-  auto s = open_store("s3://" + bucket + "/" + what + "-" + std::to_string(rng()));
+  auto s = open_store("s3://" + bucket + "/" + what + "-" + std::to_string(rng()), options);
   return s.ok() ? std::move(s).value() : nullptr;
 }
 

@@ -211,12 +211,15 @@ Response Client::perform(const Request& request) const {
     Response r = perform_once(request, reported);
     r.attempts = attempt;
     r.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    if (!retryable(r) || Clock::now() + std::chrono::duration<double>(backoff_s) >= deadline) return r;
+    const double remaining_s = std::chrono::duration<double>(deadline - Clock::now()).count();
+    if (!retryable(r) || remaining_s <= 0) return r;
     if (reported != 0 && request.on_bytes) {  // the retry starts over
       request.on_bytes(-reported);
       reported = 0;
     }
-    std::this_thread::sleep_for(std::chrono::duration<double>(std::uniform_real_distribution<double>(0, backoff_s)(rng)));
+    // Full jitter, never sleeping past the deadline: the last attempt goes out at the deadline.
+    const double sleep_s = std::min(std::uniform_real_distribution<double>(0, backoff_s)(rng), remaining_s);
+    std::this_thread::sleep_for(std::chrono::duration<double>(sleep_s));
     backoff_s = std::min(backoff_s * 2, 5.0);
   }
 }

@@ -65,7 +65,8 @@ class Client {
   std::string object_url(std::string_view key) const;
 
   // Sends the request; retries connection errors, 5xx, 429 and 408 with exponential backoff (50 ms
-  // doubling to 5 s) and full jitter until config().retry_seconds have passed since the first attempt.
+  // doubling to 5 s) and full jitter until config().retry_seconds have passed since the first attempt
+  // (the last retry goes out at that deadline, not one backoff before it).
   Response perform(const Request& request) const;
 
   // Ok for a 2xx answer. Otherwise, naming `what` (e.g. "s3://b/p: put versions/..."):
