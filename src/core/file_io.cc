@@ -47,25 +47,24 @@ std::string temp_name_for(const std::string& final_path) {
          std::to_string(counter.fetch_add(1));
 }
 
-Status fsync_directory(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return os_error("open directory", dir, errno);
+namespace {
+
+// Opens `path` with `flags` and fsyncs it; errors name `what` ("directory " or "") and the path.
+Status open_and_fsync(const std::string& path, int flags, const std::string& what) {
+  int fd = ::open(path.c_str(), flags | O_CLOEXEC);
+  if (fd < 0) return os_error("open " + what, path, errno);
   int rc = ::fsync(fd);
   int err = errno;
   ::close(fd);
-  if (rc != 0) return os_error("fsync directory", dir, err);
+  if (rc != 0) return os_error("fsync " + what, path, err);
   return Status::Ok();
 }
 
-Status fsync_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return os_error("open", path, errno);
-  int rc = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  if (rc != 0) return os_error("fsync", path, err);
-  return Status::Ok();
-}
+}  // namespace
+
+Status fsync_directory(const std::string& dir) { return open_and_fsync(dir, O_RDONLY | O_DIRECTORY, "directory"); }
+
+Status fsync_file(const std::string& path) { return open_and_fsync(path, O_RDONLY, "file"); }
 
 Status rename_durable(const std::string& from, const std::string& to) {
   if (::rename(from.c_str(), to.c_str()) != 0) return os_error("rename to '" + to + "' from", from, errno);

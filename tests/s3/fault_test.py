@@ -86,15 +86,21 @@ class Harness:
         r = self.dws_run("verify", uri)
         check(r.returncode == 0, f"verify {uri} after a fault: {r.stderr}")
 
-    def interrupt(self, proc, down_s, delay_s):
-        """Kills the server `delay_s` into `proc`, keeps it down `down_s`, restarts it. Returns whether
-        `proc` was still running at the kill."""
+    def fault(self, proc, keep_down, delay_s):
+        """Kills the server `delay_s` into `proc`. keep_down: restarts it only after `proc` has ended
+        (which must then fail); else restarts it 1 s later while `proc` retries. Returns (whether `proc`
+        was still running at the kill, its stderr)."""
         time.sleep(delay_s)
         in_flight = proc.poll() is None
         weed_fixture.kill(self.weed)
-        time.sleep(down_s)
-        weed_fixture.restart(self.weed)
-        return in_flight
+        if keep_down:
+            _, err = proc.communicate(timeout=120)
+            weed_fixture.restart(self.weed)
+        else:
+            time.sleep(1.0)
+            weed_fixture.restart(self.weed)
+            _, err = proc.communicate(timeout=300)
+        return in_flight, err
 
 
 def publish_faults(h, trials, keep_down):
@@ -110,15 +116,8 @@ def publish_faults(h, trials, keep_down):
         r = h.dws_run("publish", uri, h.steps[0], "--step", "0", "--snapshot", snap)
         check(r.returncode == 0, f"publish step 0: {r.stderr}")
         proc = h.dws_start("publish", uri, h.steps[1], "--step", "1", "--anchor", "--snapshot", snap, env=env)
-        if keep_down:
-            time.sleep(random.uniform(0.05, 0.3))
-            results["in_flight"] += proc.poll() is None
-            weed_fixture.kill(h.weed)
-            out, err = proc.communicate(timeout=120)
-            weed_fixture.restart(h.weed)
-        else:
-            results["in_flight"] += h.interrupt(proc, down_s=1.0, delay_s=random.uniform(0.05, 0.5))
-            out, err = proc.communicate(timeout=300)
+        in_flight, err = h.fault(proc, keep_down, random.uniform(0.05, 0.3) if keep_down else random.uniform(0.05, 0.5))
+        results["in_flight"] += in_flight
         versions = h.manifests(uri_prefix)
         if proc.returncode == 0:
             results["completed"] += 1
@@ -164,15 +163,8 @@ def pull_faults(h, trials, keep_down):
             had = h.digests[0]
         env = dict(h.env, DWS_S3_RETRY_SECONDS="2") if keep_down else h.env
         proc = h.dws_start("pull", uri, local, env=env)
-        if keep_down:
-            time.sleep(random.uniform(0.0, 0.2))
-            results["in_flight"] += proc.poll() is None
-            weed_fixture.kill(h.weed)
-            out, err = proc.communicate(timeout=120)
-            weed_fixture.restart(h.weed)
-        else:
-            results["in_flight"] += h.interrupt(proc, down_s=1.0, delay_s=random.uniform(0.0, 0.4))
-            out, err = proc.communicate(timeout=300)
+        in_flight, err = h.fault(proc, keep_down, random.uniform(0.0, 0.2) if keep_down else random.uniform(0.0, 0.4))
+        results["in_flight"] += in_flight
         if proc.returncode == 0:
             results["completed"] += 1
             check(file_state_digest(local) == h.digests[2], f"trial {t}: pull succeeded but the bytes are not version 2")
