@@ -117,6 +117,30 @@ struct PatchStats {
 Result<PatchStats> create_patch(const Checkpoint& base, const Checkpoint& target, const std::string& patch_path,
                                 const CreatePatchOptions& options);
 
+// One tensor's changes since a base as a change tracker recorded them (dws/track.h), instead of found by
+// diffing two checkpoints.
+struct TrackedTensorChanges {
+  std::string name;
+  DType dtype = DType::kU8;
+  std::vector<uint64_t> shape;
+  std::vector<uint64_t> positions;       // ascending and unique: the elements whose bits changed
+  std::vector<std::byte> base_values;    // the base's element at each position
+  std::vector<std::byte> target_values;  // the target's element at each position (≠ the base's)
+  Digest128 base_digest;                 // tensor digest of the base tensor
+  Digest128 target_digest;               // tensor digest of the target tensor
+};
+
+// Writes the patch that takes a base to a target when only the changes are at hand (no base or target
+// checkpoint): `layout` is the checkpoint's layout, base and target alike (every TensorSpec's dtype and
+// shape filled; a tracked patch never adds, removes, re-shapes or re-types tensors), `base_digests` the
+// tensor digest of every tensor of the layout, and `changed` the tensors that changed. O(changes): tensors
+// are encoded with the native codec (options.encoding kAuto or kNative; the dense encodings need whole
+// tensors, E_UNSUPPORTED), without its class layout (it needs the whole base). Inputs are checked as
+// hostile (positions sorted and in range, value sizes, digests and dtypes agree with the layout).
+Result<PatchStats> create_patch_from_changes(const CheckpointLayout& layout, const TensorDigests& base_digests,
+                                             std::span<const TrackedTensorChanges> changed, const std::string& patch_path,
+                                             const CreatePatchOptions& options);
+
 struct ApplyOptions {
   size_t threads = 0;      // 0: all cores
   bool overwrite = false;  // apply_patch: replace an existing output

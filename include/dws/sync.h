@@ -105,6 +105,21 @@ struct PublishResult {
 // that version first (nothing of ours stays visible; retry after pulling).
 Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, const PublishOptions& options);
 
+// Publishes a version prepared elsewhere, without a snapshot: a trainer that tracks its own changes
+// (dws/track.h, create_patch_from_changes) hands over `patch_path`, a delta from the store's latest
+// version (empty: none), and/or `anchor_path`, the whole checkpoint at the version's state (empty:
+// none). The delta must start at the latest version's state digest (E_BASE_MISMATCH otherwise); an
+// anchor given with a delta must hash to the delta's target state (E_TARGET_MISMATCH: the tracked changes do
+// not explain the checkpoint); an empty store takes only an anchor, and a version without a delta is an
+// anchor that starts a new chain. `step` as in PublishOptions. Only single-writer stores.
+struct PublishPreparedOptions {
+  std::string patch_path;
+  std::string anchor_path;
+  std::optional<uint64_t> step;
+  size_t threads = 0;
+};
+Result<PublishResult> publish_prepared(Store& store, const PublishPreparedOptions& options);
+
 struct PullOptions {
   std::optional<uint64_t> version;  // default: the latest
   size_t threads = 0;

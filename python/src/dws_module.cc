@@ -147,8 +147,10 @@ NB_MODULE(_core, m) {
   m.def(
       "publish",
       [](StoreHandle& s, const std::string& checkpoint, const std::string& snapshot, std::optional<uint64_t> step, bool anchor,
-         uint64_t anchor_every, size_t threads) {
+         uint64_t anchor_every, size_t threads, uint32_t writers, uint32_t writer_index) {
         dws::PublishOptions o;
+        o.writers = writers;
+        o.writer_index = writer_index;
         o.snapshot_path = snapshot;
         o.step = step;
         o.anchor = anchor;
@@ -172,7 +174,9 @@ NB_MODULE(_core, m) {
         d["state_digest"] = p.state_digest;
         return d;
       },
-      "store"_a, "checkpoint"_a, "snapshot"_a, "step"_a = nb::none(), "anchor"_a = false, "anchor_every"_a = 16, "threads"_a = 0);
+      "store"_a, "checkpoint"_a, "snapshot"_a, "step"_a = nb::none(), "anchor"_a = false, "anchor_every"_a = 16, "threads"_a = 0,
+      "writers"_a = 1, "writer_index"_a = 0,
+      "Publishes the checkpoint as the store's next version (dws::publish); writers > 1: this is writer writer_index's part.");
 
   m.def(
       "pull",

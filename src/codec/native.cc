@@ -204,13 +204,15 @@ struct ValueSymbols {
   std::vector<std::byte> escapes;
 };
 
+// base and target are whole tensors, read at positions[i]; or, when `compact`, the changed elements
+// only, read at i.
 ValueSymbols value_symbols(DType dtype, std::span<const std::byte> base, std::span<const std::byte> target,
-                           std::span<const uint64_t> positions) {
+                           std::span<const uint64_t> positions, bool compact) {
   ValueSymbols v;
   v.symbols.resize(positions.size());
   dispatch(dtype, [&]<size_t W, bool kFloat>() {
     for (size_t i = 0; i < positions.size(); ++i) {
-      const uint64_t p = positions[i];
+      const uint64_t p = compact ? i : positions[i];
       const uint64_t kb = key_of<W, kFloat>(load<W>(base.data() + p * W));
       const uint64_t kt = key_of<W, kFloat>(load<W>(target.data() + p * W));
       const uint64_t zz = zigzag(sign_extend((kt - kb) & kWidthMask<W>, W));
@@ -637,23 +639,20 @@ uint64_t add_key_distance(DType dtype, uint64_t bits, uint64_t zigzag_distance) 
 
 bool has_class_layout(DType dtype) { return class_field(dtype).count != 0; }
 
-Result<std::vector<std::byte>> encode(DType dtype, std::span<const std::byte> base, std::span<const std::byte> target,
-                                      std::span<const uint64_t> positions, const Options& options) {
+namespace {
+
+// `base` is the whole base tensor, or empty when only the changed elements are known (no class layout).
+Result<std::vector<std::byte>> encode_symbols(DType dtype, uint64_t numel, std::span<const std::byte> base,
+                                              std::span<const uint64_t> positions, const ValueSymbols& values,
+                                              const Options& options) {
   const size_t n = positions.size();
-  if (n == 0) {
-    std::vector<std::byte> out{static_cast<std::byte>(kLayoutGaps)};
-    rans::put_varint(out, 0);
-    return out;
-  }
-  const uint64_t numel = base.size() / dtype_size_bytes(dtype);
-  const ValueSymbols values = value_symbols(dtype, base, target, positions);
   DWS_ASSIGN_OR_RETURN(rans::Model value_model, rans::Model::from_counts(values.counts));
   if (options.only) {
     switch (*options.only) {
       case Layout::kGaps: return encode_gaps(positions, values, value_model);
       case Layout::kBitmap: return encode_bitmap(numel, positions, values, value_model);
       case Layout::kClass:
-        if (!has_class_layout(dtype)) {
+        if (!has_class_layout(dtype) || base.empty()) {
           return make_error(ErrorCode::kInvalidArgument, "native: no class layout for " + std::string(dtype_name(dtype)));
         }
         return encode_class(dtype, base, positions, values, value_model);
@@ -671,10 +670,36 @@ Result<std::vector<std::byte>> encode(DType dtype, std::span<const std::byte> ba
     const double margin = density >= kBitmapPreferredDensity ? kBitmapSizeMargin : 1.0;
     if (static_cast<double>(bitmap.size()) <= margin * static_cast<double>(best.size())) best = std::move(bitmap);
   }
-  if (options.class_positions && has_class_layout(dtype)) {
+  if (options.class_positions && has_class_layout(dtype) && !base.empty()) {
     DWS_RETURN_IF_ERROR(keep_smaller(encode_class(dtype, base, positions, values, value_model)));
   }
   return best;
+}
+
+std::vector<std::byte> empty_payload() {
+  std::vector<std::byte> out{static_cast<std::byte>(kLayoutGaps)};
+  rans::put_varint(out, 0);
+  return out;
+}
+
+}  // namespace
+
+Result<std::vector<std::byte>> encode(DType dtype, std::span<const std::byte> base, std::span<const std::byte> target,
+                                      std::span<const uint64_t> positions, const Options& options) {
+  if (positions.empty()) return empty_payload();
+  const uint64_t numel = base.size() / dtype_size_bytes(dtype);
+  return encode_symbols(dtype, numel, base, positions, value_symbols(dtype, base, target, positions, false), options);
+}
+
+Result<std::vector<std::byte>> encode_changes(DType dtype, uint64_t numel, std::span<const uint64_t> positions,
+                                              std::span<const std::byte> base_values, std::span<const std::byte> target_values) {
+  const size_t w = dtype_size_bytes(dtype);
+  if (base_values.size() != positions.size() * w || target_values.size() != positions.size() * w) {
+    return make_error(ErrorCode::kInvalidArgument, "native: " + std::to_string(positions.size()) + " positions need " +
+                                                       std::to_string(positions.size() * w) + " bytes of base and target values each");
+  }
+  if (positions.empty()) return empty_payload();
+  return encode_symbols(dtype, numel, {}, positions, value_symbols(dtype, base_values, target_values, positions, true), {});
 }
 
 namespace {

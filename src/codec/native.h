@@ -39,6 +39,12 @@ struct Options {
 Result<std::vector<std::byte>> encode(DType dtype, std::span<const std::byte> base, std::span<const std::byte> target,
                                       std::span<const uint64_t> positions, const Options& options = {});
 
+// The same from the changed elements alone (a change tracker's record; no base tensor at hand):
+// base_values and target_values hold the element at each position, positions.size() elements each. The
+// class layout, which needs the whole base, is not tried; the payload decodes like any other.
+Result<std::vector<std::byte>> encode_changes(DType dtype, uint64_t numel, std::span<const uint64_t> positions,
+                                              std::span<const std::byte> base_values, std::span<const std::byte> target_values);
+
 // Decodes against `base` (the receiver's current tensor of `numel` elements); validates everything.
 Status decode(DType dtype, uint64_t numel, uint64_t changes, std::span<const std::byte> payload,
               std::span<const std::byte> base, const ChangeSink& sink);

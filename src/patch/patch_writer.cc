@@ -1,7 +1,10 @@
 // create_patch: diff, digest, encode (tensors in parallel), then one atomic safetensors write.
 #include <algorithm>
+#include <map>
+#include <set>
 
 #include "codec/codecs.h"
+#include "codec/native.h"
 #include "core/thread_pool.h"
 #include "dws/patch.h"
 #include "patch/patch_internal.h"
@@ -125,6 +128,105 @@ Result<PatchStats> create_patch(const Checkpoint& base, const Checkpoint& target
   DWS_RETURN_IF_ERROR(write_patch_file(patch_path, header, writes).with_context("diff"));
   auto size = Patch::open(patch_path);
   if (!size.ok()) return size.status().with_context("diff: re-reading the written patch");
+  stats.patch_file_bytes = size->file_size_bytes();
+  return stats;
+}
+
+Result<PatchStats> create_patch_from_changes(const CheckpointLayout& layout, const TensorDigests& base_digests,
+                                             std::span<const TrackedTensorChanges> changed, const std::string& patch_path,
+                                             const CreatePatchOptions& options) {
+  if (options.encoding != Encoding::kAuto && options.encoding != Encoding::kNative) {
+    return make_error(ErrorCode::kUnsupported, "tracked patch: encoding '" + std::string(encoding_name(options.encoding)) +
+                                                   "' needs whole tensors; tracked changes are encoded with native");
+  }
+  std::map<std::string_view, const TensorSpec*> specs;
+  PatchStats stats;
+  std::vector<Digest128> base_list, target_list;
+  for (const auto& shard : layout.shards) {
+    for (const TensorSpec& t : shard.tensors) {
+      if (!specs.emplace(t.name, &t).second) return make_error(ErrorCode::kDuplicate, "tracked patch: layout lists '" + t.name + "' twice");
+      auto d = base_digests.find(t.name);
+      if (d == base_digests.end()) return make_error(ErrorCode::kInvalidArgument, "tracked patch: no base digest for tensor '" + t.name + "'");
+      base_list.push_back(d->second);
+      uint64_t numel = 1;
+      for (uint64_t x : t.shape) numel *= x;
+      ++stats.tensors;
+      stats.elements += numel;
+      stats.target_bytes += numel * dtype_size_bytes(t.dtype);
+    }
+  }
+  TensorDigests target_digests(base_digests.begin(), base_digests.end());
+  std::set<std::string_view> seen;
+  for (const TrackedTensorChanges& c : changed) {
+    auto spec = specs.find(c.name);
+    if (spec == specs.end()) return make_error(ErrorCode::kInvalidArgument, "tracked patch: tensor '" + c.name + "' is not in the layout");
+    if (!seen.insert(c.name).second) return make_error(ErrorCode::kDuplicate, "tracked patch: tensor '" + c.name + "' given twice");
+    const TensorSpec& t = *spec->second;
+    if (c.dtype != t.dtype || c.shape != t.shape) {
+      return make_error(ErrorCode::kInvalidArgument, "tracked patch: tensor '" + c.name + "' is " + std::string(dtype_name(c.dtype)) + " " +
+                                                         shape_string(c.shape) + ", the layout says " + std::string(dtype_name(t.dtype)) +
+                                                         " " + shape_string(t.shape));
+    }
+    if (!(c.base_digest == base_digests.find(c.name)->second)) {
+      return make_error(ErrorCode::kBaseMismatch, "tracked patch: tensor '" + c.name + "' was tracked from another base digest");
+    }
+    target_digests[c.name] = c.target_digest;
+  }
+  for (const auto& shard : layout.shards) {
+    for (const TensorSpec& t : shard.tensors) target_list.push_back(target_digests.find(t.name)->second);
+  }
+
+  PatchHeader header;
+  header.encoding = Encoding::kNative;
+  header.base_state_digest = state_digest(base_list);
+  header.target_state_digest = state_digest(target_list);
+  header.target_layout = layout;
+
+  std::vector<Result<std::vector<std::byte>>> encoded(changed.size(), Status());
+  ThreadPool pool(options.threads);
+  pool.parallel_for(changed.size(), [&](size_t i) {
+    const TrackedTensorChanges& c = changed[i];
+    uint64_t numel = 1;
+    for (uint64_t x : c.shape) numel *= x;
+    uint64_t prev = 0;
+    for (size_t k = 0; k < c.positions.size(); ++k) {
+      if (c.positions[k] >= numel || (k > 0 && c.positions[k] <= prev)) {
+        encoded[i] = make_error(ErrorCode::kPositions, "tracked patch: tensor '" + c.name + "': position " + std::to_string(c.positions[k]) +
+                                                            (c.positions[k] >= numel ? " out of range" : " not ascending"));
+        return;
+      }
+      prev = c.positions[k];
+    }
+    encoded[i] = codec::native::encode_changes(c.dtype, numel, c.positions, c.base_values, c.target_values);
+  });
+  std::vector<size_t> order(changed.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return changed[a].name < changed[b].name; });
+  std::vector<TensorWrite> writes;
+  for (size_t i : order) {
+    const TrackedTensorChanges& c = changed[i];
+    if (!encoded[i].ok()) return encoded[i].status().with_context("tracked patch: tensor '" + c.name + "'");
+    PatchTensor pt;
+    pt.name = c.name;
+    pt.change = TensorChange::kModified;
+    pt.encoding = Encoding::kNative;
+    pt.dtype = c.dtype;
+    pt.shape = c.shape;
+    pt.changes = c.positions.size();
+    pt.base_digest = c.base_digest;
+    pt.target_digest = c.target_digest;
+    const std::vector<std::byte>& z = *encoded[i];
+    pt.payload_hash = digest_bytes(z);
+    pt.payload_names.push_back(patch_json::payload_name(c.name, "native"));
+    writes.push_back({{pt.payload_names.back(), DType::kU8, {z.size()}}, z});
+    stats.payload_bytes += z.size();
+    stats.changes += pt.changes;
+    ++stats.changed_tensors;
+    header.tensors.push_back(std::move(pt));
+  }
+  DWS_RETURN_IF_ERROR(write_patch_file(patch_path, header, writes).with_context("tracked patch"));
+  auto size = Patch::open(patch_path);
+  if (!size.ok()) return size.status().with_context("tracked patch: re-reading the written patch");
   stats.patch_file_bytes = size->file_size_bytes();
   return stats;
 }

@@ -518,6 +518,25 @@ Status follow(Store& store, const std::string& local_path, const FollowOptions& 
   return Status::Ok();
 }
 
+// Uploads the checkpoint's files as the anchor of version m (under `prefix`), listing them in m.
+static Status upload_anchor(Store& store, const Checkpoint& cp, const std::string& prefix, VersionManifest& m,
+                            std::vector<std::string>& uploaded, PublishResult& result) {
+  m.has_anchor = true;
+  m.sharded = cp.is_directory();
+  for (const auto& [name, path] : checkpoint_files(cp)) {
+    const std::string key = m.sharded ? prefix + "anchor/" + name : prefix + "anchor.safetensors";
+    DWS_ASSIGN_OR_RETURN(std::string h, file_xxh3(path));
+    struct stat sb {};
+    if (::stat(path.c_str(), &sb) != 0) return make_error(ErrorCode::kIo, "publish: stat " + path + ": " + io::errno_text(errno));
+    DWS_RETURN_IF_ERROR(store.put_file(key, path));
+    uploaded.push_back(key);
+    m.files.push_back({key, "anchor", name, static_cast<uint64_t>(sb.st_size), h});
+    result.anchor_bytes += static_cast<uint64_t>(sb.st_size);
+  }
+  result.has_anchor = true;
+  return Status::Ok();
+}
+
 Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, const PublishOptions& options) {
   if (options.writers > 1 || options.writer_index > 0) return publish_part(store, checkpoint_path, options);
   if (options.snapshot_path.empty()) return make_error(ErrorCode::kInvalidArgument, "publish: a snapshot path is required");
@@ -597,19 +616,7 @@ Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, 
       if (m.state_digest.empty()) {
         DWS_ASSIGN_OR_RETURN(m.state_digest, checkpoint_state_digest(cp, options.patch.threads));
       }
-      m.has_anchor = true;
-      m.sharded = cp.is_directory();
-      for (const auto& [name, path] : checkpoint_files(cp)) {
-        const std::string key = m.sharded ? prefix + "anchor/" + name : prefix + "anchor.safetensors";
-        DWS_ASSIGN_OR_RETURN(std::string h, file_xxh3(path));
-        struct stat sb {};
-        if (::stat(path.c_str(), &sb) != 0) return make_error(ErrorCode::kIo, "publish: stat " + path + ": " + io::errno_text(errno));
-        DWS_RETURN_IF_ERROR(store.put_file(key, path));
-        uploaded.push_back(key);
-        m.files.push_back({key, "anchor", name, static_cast<uint64_t>(sb.st_size), h});
-        result.anchor_bytes += static_cast<uint64_t>(sb.st_size);
-      }
-      result.has_anchor = true;
+      DWS_RETURN_IF_ERROR(upload_anchor(store, cp, prefix, m, uploaded, result));
     }
     // The commit point.
     const std::string text = serialize_manifest(m);
@@ -633,6 +640,85 @@ Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, 
   po.threads = options.patch.threads;
   auto pulled = pull(store, options.snapshot_path, po);
   if (!pulled.ok()) return pulled.status().with_context("publish: version " + std::to_string(m.version) + " committed, but updating the snapshot failed");
+  return result;
+}
+
+Result<PublishResult> publish_prepared(Store& store, const PublishPreparedOptions& options) {
+  if (options.patch_path.empty() && options.anchor_path.empty()) {
+    return make_error(ErrorCode::kInvalidArgument, "publish: neither a patch nor an anchor to publish");
+  }
+  DWS_ASSIGN_OR_RETURN(std::vector<uint64_t> versions, list_versions(store));
+  std::optional<VersionManifest> latest;
+  if (!versions.empty()) {
+    DWS_ASSIGN_OR_RETURN(latest, read_manifest(store, versions.back()));
+    if (options.step && latest->step == options.step) return already_published(*latest);
+    if (latest->writers > 1) {
+      return make_error(ErrorCode::kInvalidArgument, "publish: version " + std::to_string(versions.back()) + " was published by " +
+                                                         std::to_string(latest->writers) + " writers; a prepared version has one");
+    }
+  }
+  VersionManifest m;
+  m.version = versions.empty() ? 0 : versions.back() + 1;
+  m.created_unix_ms = now_unix_ms();
+  m.step = options.step;
+  PublishResult result;
+  result.version = m.version;
+  std::optional<Patch> patch;
+  if (!options.patch_path.empty()) {
+    if (!latest) return make_error(ErrorCode::kInvalidArgument, "publish: the store is empty; its first version must be an anchor, not a delta");
+    DWS_ASSIGN_OR_RETURN(patch, Patch::open(options.patch_path));
+    DWS_RETURN_IF_ERROR(patch->verify_payload_hashes(options.threads).with_context("publish: " + options.patch_path));
+    const std::string base = digest_hex(patch->header().base_state_digest);
+    if (base != latest->state_digest) {
+      return make_error(ErrorCode::kBaseMismatch, "publish: " + options.patch_path + " starts at state " + base + ", but version " +
+                                                      std::to_string(latest->version) + " is at " + latest->state_digest);
+    }
+    m.base_version = latest->version;
+    m.base_state_digest = base;
+    m.state_digest = digest_hex(patch->header().target_state_digest);
+    for (const PatchTensor& t : patch->header().tensors) m.changes += t.changes;
+    // Elements and bytes of the model, from the base's layout completed by the patch: the previous
+    // version's figures (a tracked patch keeps every tensor's dtype and shape).
+    m.elements = latest->elements;
+    m.model_bytes = latest->model_bytes;
+  }
+  std::optional<Checkpoint> cp;
+  if (!options.anchor_path.empty()) {
+    DWS_ASSIGN_OR_RETURN(cp, Checkpoint::open(options.anchor_path));
+    DWS_ASSIGN_OR_RETURN(std::string digest, checkpoint_state_digest(*cp, options.threads));
+    if (patch && digest != m.state_digest) {
+      return make_error(ErrorCode::kTargetMismatch, "publish: the anchor " + options.anchor_path + " is at state " + digest +
+                                                  ", but the patch " + options.patch_path + " ends at " + m.state_digest +
+                                                  " (the tracked changes do not explain the checkpoint)");
+    }
+    m.state_digest = digest;
+    m.elements = 0;
+    for (const auto& t : cp->tensors()) m.elements += t.numel();
+    m.model_bytes = cp->total_tensor_bytes();
+  }
+  result.elements = m.elements;
+  const std::string prefix = version_prefix(m.version) + random_token() + "/";
+  std::vector<std::string> uploaded;
+  Status st = [&]() -> Status {
+    if (patch) {
+      DWS_ASSIGN_OR_RETURN(std::string h, file_xxh3(options.patch_path));
+      const std::string key = prefix + "delta.dwsp";
+      DWS_RETURN_IF_ERROR(store.put_file(key, options.patch_path));
+      uploaded.push_back(key);
+      m.files.push_back({key, "delta", "", patch->file_size_bytes(), h});
+      result.has_delta = true;
+      result.delta_bytes = patch->file_size_bytes();
+      result.changes = m.changes;
+    }
+    if (cp) DWS_RETURN_IF_ERROR(upload_anchor(store, *cp, prefix, m, uploaded, result));
+    const std::string text = serialize_manifest(m);
+    return store.put_if_absent(manifest_key(m.version), std::span(reinterpret_cast<const std::byte*>(text.data()), text.size()));
+  }();
+  if (!st.ok()) {
+    for (const auto& k : uploaded) (void)store.remove(k);
+    return st;
+  }
+  result.state_digest = m.state_digest;
   return result;
 }
 
