@@ -753,6 +753,10 @@ TEST_F(SyncWriters, PublishingAStepTwiceIsIdempotent) {
   auto other = with_step(1, 1, 11);  // the other writer at another step is refused
   ASSERT_FALSE(other.ok());
   EXPECT_EQ(other.status().code(), ErrorCode::kInvalidArgument);
+  // Our own next step while our part of step 10 waits: we are a version ahead, so it waits (E_EXISTS,
+  // which the Python publisher retries), not a step disagreement.
+  auto ahead = with_step(1, 0, 11);
+  EXPECT_EQ(ahead.status().code(), ErrorCode::kExists) << ahead.status().to_string();
   ASSERT_TRUE(with_step(0, 1, 10).ok());
   ASSERT_EQ(list_versions(*store_)->size(), 1u);
   for (uint32_t w : {0u, 1u}) {  // reruns after the commit: nothing new

@@ -15,8 +15,9 @@ from dws.errors import (AccessDeniedError, CorruptInputError, DwsError, DwsIOErr
 from dws import _core
 from dws.publisher import Publisher
 from dws.subscriber import Subscriber
+from dws.tracker import ChangeTracker
 
-__all__ = ["Publisher", "Subscriber", "DwsError", "InvalidArgumentError", "DwsIOError", "NotFoundError",
+__all__ = ["Publisher", "Subscriber", "ChangeTracker", "DwsError", "InvalidArgumentError", "DwsIOError", "NotFoundError",
            "ExistsError", "CorruptInputError", "MismatchError", "AccessDeniedError", "StoreUnavailableError",
            "errors", "open_store", "tensor_digest"]
 

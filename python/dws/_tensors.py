@@ -14,13 +14,13 @@ _NUMPY_DTYPES = {
 }
 
 
-def _is_torch(t):
+def is_torch(t):
     return type(t).__module__.startswith("torch")
 
 
 def dtype_name(t):
     """The safetensors dtype name of a numpy array or torch tensor (TypeError otherwise)."""
-    if _is_torch(t):
+    if is_torch(t):
         name = _TORCH_DTYPES.get(str(t.dtype))
     else:
         dtype = getattr(t, "dtype", None)
@@ -33,7 +33,7 @@ def dtype_name(t):
 def tensor_arg(name, t):
     """A _core.TensorArg viewing `t`'s memory (no copy). CPU and C-contiguous only."""
     dtype = dtype_name(t)  # TypeError for anything that is not a numpy array or torch tensor
-    if _is_torch(t):
+    if is_torch(t):
         if t.device.type != "cpu":
             raise ValueError(f"dws: tensor '{name}' is on {t.device}; CUDA tensors arrive with the GPU path")
         if not t.is_contiguous():

@@ -3,9 +3,11 @@ import os
 import queue
 import tempfile
 import threading
+import time
 
 from dws import _core
 from dws._tensors import tensor_args
+from dws.errors import ExistsError
 
 
 class PublishHandle:
@@ -16,9 +18,11 @@ class PublishHandle:
         self._result = self._error = None
 
     def done(self):
+        """Whether the publish has finished (committed or failed)."""
         return self._done.is_set()
 
     def result(self, timeout=None):
+        """Waits up to `timeout` seconds (None: forever) and returns publish's dict, or raises its error."""
         if not self._done.wait(timeout):
             raise TimeoutError("dws: publish still running")
         if self._error is not None:
@@ -30,26 +34,57 @@ class PublishHandle:
         self._done.set()
 
 
-class Publisher:
-    """Publishes versions of one model to a store (docs/store.md).
+class _Tracked:
+    """What a tracking publisher knows of the last version it captured: the tensors' digests, so the
+    next tracked patch can name its base without reading anything."""
 
-    store: a directory, or s3://BUCKET[/PREFIX]. snapshot: the publisher's copy of the last published
-    state (default: a file under ~/.cache/dws); staging_dir: where a mapping is written before it is
-    diffed (default: next to the snapshot); queue_size: how many published mappings may wait behind
-    the one in flight before publish_async blocks (back-pressure). Several trainer ranks each publishing
-    their own tensors use the CLI's --writer I/K for now.
+    def __init__(self, version, layout, digests):
+        self.version, self.layout, self.digests = version, layout, digests
+
+
+class Publisher:
+    """Publishes versions of one model to a store (docs/store.md, docs/python.md).
+
+    store: a directory, file://DIR, or s3://BUCKET[/PREFIX] (or a store from dws.open_store).
+    snapshot: the publisher's copy of the last published state, diffed against (default: a file under
+        ~/.cache/dws); not used with a tracker.
+    staging_dir: where a mapping is written before it is published (default: next to the snapshot).
+    anchor_every: versions 0, N, 2N, ... also carry the whole model, so receivers can join from them.
+    threads: worker threads for diff and encode (0: all cores).
+    queue_size: captured versions that may wait behind the one in flight before publish_async blocks.
+    writers, rank: this publisher is writer `rank` of `writers` trainer ranks, each publishing its own
+        tensors (a shard); a version becomes visible when all ranks have published their part. Ranks
+        publish in lockstep: a rank's next part waits (up to lockstep_timeout seconds) until the
+        previous version is complete.
+    tracker: a dws.ChangeTracker through which every write to the published tensors goes; versions are
+        then built from its record in O(changes) instead of by a diff against a snapshot (single
+        writer only). Anchor versions (and a new Publisher's first version) stage the whole mapping and
+        check that the tracked changes explain it (TargetMismatch otherwise).
+    endpoint: S3 endpoint URL override.
     """
 
-    def __init__(self, store, *, snapshot=None, staging_dir=None, anchor_every=16, threads=0, queue_size=1, endpoint=""):
+    def __init__(self, store, *, snapshot=None, staging_dir=None, anchor_every=16, threads=0, queue_size=1,
+                 writers=1, rank=0, lockstep_timeout=600.0, tracker=None, endpoint=""):
+        if not 0 <= rank < writers:
+            raise ValueError(f"dws: rank {rank} of {writers} writers (ranks count from 0)")
+        if tracker is not None and writers > 1:
+            raise ValueError("dws: a tracker publishes single-writer versions; with writers > 1 use snapshot mode")
         self._store = _core.open_store(store, endpoint) if isinstance(store, str) else store
+        self.writers, self.rank, self.lockstep_timeout = writers, rank, lockstep_timeout
         if snapshot is None:
             cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-            snapshot = os.path.join(cache, "dws", "py-publisher-" + _safe_name(self._store.describe()), "snapshot.safetensors")
+            name = "py-publisher-" + _safe_name(self._store.describe())
+            if writers > 1:
+                name += f"-rank{rank}of{writers}"
+            # With several writers the snapshot is the whole model as a sharded directory.
+            snapshot = os.path.join(cache, "dws", name, "snapshot" if writers > 1 else "snapshot.safetensors")
         self.snapshot = snapshot
         self.staging_dir = staging_dir or os.path.dirname(os.path.abspath(snapshot))
         os.makedirs(self.staging_dir, exist_ok=True)
         os.makedirs(os.path.dirname(os.path.abspath(snapshot)), exist_ok=True)
         self.anchor_every, self.threads = anchor_every, threads
+        self.tracker = tracker
+        self._tracked = None  # _Tracked, or None: the next tracked publish is an anchor
         self._queue = queue.Queue(maxsize=max(1, queue_size))
         self._worker = None
         self._error = None
@@ -60,22 +95,27 @@ class Publisher:
         returns {"version", "committed", "changes", "delta_bytes", "state_digest", ...}. Waits for any
         publish_async still running first, so versions stay in call order."""
         self.wait()
-        path = self._stage(state_dict)
+        job = self._capture(state_dict, step, anchor)
         try:
-            return _core.publish(self._store, path, self.snapshot, step, anchor, self.anchor_every, self.threads)
+            return self._run_job(job)
+        except BaseException:
+            self._forget_tracked()
+            raise
         finally:
-            _remove(path)
+            job.cleanup()
 
     def publish_async(self, state_dict, *, step=None, anchor=False):
-        """Captures `state_dict` now (one copy of its bytes into a staging file, on the caller's thread),
-        then diffs, encodes and uploads it on a background thread; returns a PublishHandle. Blocks while
-        queue_size captured versions already wait (back-pressure). An error of an earlier asynchronous
-        publish is raised here, or by wait()."""
+        """Captures `state_dict` now, on the caller's thread, then diffs (or, with a tracker, encodes the
+        recorded changes), uploads and commits it on a background thread; returns a PublishHandle.
+        Capture copies the mapping's bytes into a staging file in snapshot mode (O(model)); with a
+        tracker it takes the record and gathers the changed values (O(changes)), except on anchor
+        versions. Blocks while queue_size captured versions already wait (back-pressure). An error of
+        an earlier asynchronous publish is raised here, or by wait()."""
         self._raise_pending()
-        path = self._stage(state_dict)
+        job = self._capture(state_dict, step, anchor)
         handle = PublishHandle()
         self._ensure_worker()
-        self._queue.put((path, step, anchor, handle))
+        self._queue.put((job, handle))
         return handle
 
     def wait(self):
@@ -99,6 +139,67 @@ class Publisher:
     def __exit__(self, *exc):
         self.close()
 
+    # ---- capture (caller's thread) and run (background) ----
+
+    def _capture(self, state_dict, step, anchor):
+        if self.tracker is None:
+            return _Job(self._run_snapshot, step=step, anchor=anchor, checkpoint=self._stage(state_dict))
+        if self._tracked is not None and self._tracked.version is None:
+            self.wait()  # the first version's number is known once it is committed (once per Publisher)
+        args = tensor_args(state_dict)
+        layout = [(a.name, a.dtype, tuple(a.shape)) for a in args]
+        rec = self._tracked
+        descends = rec is not None and rec.layout == layout and not anchor
+        job = _Job(self._run_tracked, step=step, anchor=anchor, scratch_dir=self.staging_dir)
+        if descends:
+            job.taken = self.tracker._core.take(args, rec.digests)  # O(changes); clears the record
+            job.args, job.base_digests = args, rec.digests
+            digests = dict(rec.digests)
+            digests.update(job.taken.target_digests)
+            version = rec.version + 1
+            want_anchor = self.anchor_every > 0 and version % self.anchor_every == 0
+        else:
+            self.tracker.clear()
+            digests = {a.name: _core.tensor_digest(a) for a in args}  # O(model): an anchor follows
+            version, want_anchor = None, True
+        if want_anchor:
+            job.checkpoint = self._stage(state_dict)
+        job.record = self._tracked = _Tracked(version, layout, digests)
+        return job
+
+    def _run_job(self, job):
+        return job.run(job)
+
+    def _run_snapshot(self, job):
+        deadline = time.monotonic() + self.lockstep_timeout
+        while True:
+            try:
+                return _core.publish(self._store, job.checkpoint, self.snapshot, job.step, job.anchor, self.anchor_every,
+                                     self.threads, self.writers, self.rank)
+            except ExistsError:
+                # Several writers: our part of the previous version is in and waits for other ranks.
+                if self.writers == 1 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _run_tracked(self, job):
+        patch = ""
+        # A delta when the record descends; with nothing changed an empty one, so the version (and its
+        # step) still exists. Anchor versions carry the delta too: publish_prepared then checks that the
+        # tracked changes explain the staged mapping.
+        if job.taken is not None and (len(job.taken) > 0 or job.checkpoint is None):
+            patch = job.scratch("delta.dwsp")
+            _core.create_patch_from_changes(job.args, job.base_digests, job.taken, patch, self.threads)
+        result = _core.publish_prepared(self._store, patch, job.checkpoint or "", job.step, self.threads)
+        if result["already_published"]:
+            self._forget_tracked()  # the store's version is not necessarily what we captured
+        elif job.record.version is None:
+            job.record.version = result["version"]
+        return result
+
+    def _forget_tracked(self):
+        self._tracked = None
+
     def _stage(self, state_dict):
         fd, path = tempfile.mkstemp(prefix=".dws-stage-", suffix=".safetensors", dir=self.staging_dir)
         os.close(fd)
@@ -120,16 +221,17 @@ class Publisher:
             if item is None:
                 self._queue.task_done()
                 return
-            path, step, anchor, handle = item
+            job, handle = item
             try:
-                handle._finish(result=_core.publish(self._store, path, self.snapshot, step, anchor, self.anchor_every, self.threads))
+                handle._finish(result=self._run_job(job))
             except BaseException as e:  # surfaced on the next call, on wait(), and by the handle
+                self._forget_tracked()  # a tracking publisher starts over with an anchor
                 with self._lock:
                     if self._error is None:
                         self._error = e
                 handle._finish(error=e)
             finally:
-                _remove(path)
+                job.cleanup()
                 self._queue.task_done()
 
     def _raise_pending(self):
@@ -137,6 +239,26 @@ class Publisher:
             error, self._error = self._error, None
         if error is not None:
             raise error
+
+
+class _Job:
+    """One captured version waiting to be published."""
+
+    def __init__(self, run, *, step, anchor, checkpoint=None, scratch_dir=None):
+        self.run, self.step, self.anchor, self.checkpoint = run, step, anchor, checkpoint
+        self.taken = self.args = self.base_digests = self.record = None
+        self._scratch_dir = scratch_dir
+        self._scratch = []
+
+    def scratch(self, suffix):
+        fd, path = tempfile.mkstemp(prefix=".dws-", suffix="-" + suffix, dir=self._scratch_dir)
+        os.close(fd)
+        self._scratch.append(path)
+        return path
+
+    def cleanup(self):
+        for p in self._scratch + ([self.checkpoint] if self.checkpoint else []):
+            _remove(p)
 
 
 def _safe_name(text):

@@ -19,6 +19,7 @@
 #include "dws/patch.h"
 #include "dws/store.h"
 #include "dws/sync.h"
+#include "dws/track.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -95,6 +96,34 @@ dws::TensorDigests digests_from_hex(const std::map<std::string, std::string>& he
   return out;
 }
 
+// The single-file layout write_checkpoint gives these tensors (in the order given: tensor_args sorts by name).
+dws::CheckpointLayout layout_of(const std::vector<dws::TensorView>& views, const std::string& file) {
+  dws::CheckpointLayout layout;
+  layout.shards.emplace_back();
+  layout.shards[0].file = file;
+  for (const auto& v : views) layout.shards[0].tensors.push_back(dws::TensorSpec{v.name, v.dtype, v.shape});
+  return layout;
+}
+
+// Tracked changes taken from a ChangeTracker, held for create_patch_from_changes.
+struct TakenChanges {
+  std::vector<dws::TrackedTensorChanges> tensors;
+};
+
+nb::dict publish_result_dict(const dws::PublishResult& p) {
+  nb::dict d;
+  d["version"] = p.version;
+  d["committed"] = p.committed;
+  d["already_published"] = p.already_published;
+  d["has_delta"] = p.has_delta;
+  d["has_anchor"] = p.has_anchor;
+  d["changes"] = p.changes;
+  d["delta_bytes"] = p.delta_bytes;
+  d["anchor_bytes"] = p.anchor_bytes;
+  d["state_digest"] = p.state_digest;
+  return d;
+}
+
 struct StoreHandle {
   std::unique_ptr<dws::Store> store;
 };
@@ -161,18 +190,7 @@ NB_MODULE(_core, m) {
           nb::gil_scoped_release release;
           r = dws::publish(*s.store, checkpoint, o);
         }
-        const dws::PublishResult p = value_or_raise(std::move(r));
-        nb::dict d;
-        d["version"] = p.version;
-        d["committed"] = p.committed;
-        d["already_published"] = p.already_published;
-        d["has_delta"] = p.has_delta;
-        d["has_anchor"] = p.has_anchor;
-        d["changes"] = p.changes;
-        d["delta_bytes"] = p.delta_bytes;
-        d["anchor_bytes"] = p.anchor_bytes;
-        d["state_digest"] = p.state_digest;
-        return d;
+        return publish_result_dict(value_or_raise(std::move(r)));
       },
       "store"_a, "checkpoint"_a, "snapshot"_a, "step"_a = nb::none(), "anchor"_a = false, "anchor_every"_a = 16, "threads"_a = 0,
       "writers"_a = 1, "writer_index"_a = 0,
@@ -296,4 +314,92 @@ NB_MODULE(_core, m) {
         return dws::digest_hex(dws::tensor_digest(v.name, v.dtype, v.shape, v.data));
       },
       "tensor"_a, "The format-v2 tensor digest (docs/patch-format.md §5) of one tensor, as 32 hex digits.");
+  m.def(
+      "publish_prepared",
+      [](StoreHandle& s, const std::string& patch_path, const std::string& anchor_path, std::optional<uint64_t> step, size_t threads) {
+        dws::PublishPreparedOptions o;
+        o.patch_path = patch_path;
+        o.anchor_path = anchor_path;
+        o.step = step;
+        o.threads = threads;
+        dws::Result<dws::PublishResult> r = dws::make_error(dws::ErrorCode::kInternal, "not run");
+        {
+          nb::gil_scoped_release release;
+          r = dws::publish_prepared(*s.store, o);
+        }
+        return publish_result_dict(value_or_raise(std::move(r)));
+      },
+      "store"_a, "patch_path"_a, "anchor_path"_a, "step"_a = nb::none(), "threads"_a = 0,
+      "Publishes a delta and/or anchor prepared elsewhere (dws::publish_prepared), without a snapshot.");
+
+  nb::class_<TakenChanges>(m, "TakenChanges")
+      .def_prop_ro("changes", [](const TakenChanges& t) {
+        uint64_t n = 0;
+        for (const auto& c : t.tensors) n += c.positions.size();
+        return n;
+      })
+      .def_prop_ro("target_digests", [](const TakenChanges& t) {
+        std::map<std::string, std::string> out;
+        for (const auto& c : t.tensors) out.emplace(c.name, dws::digest_hex(c.target_digest));
+        return out;
+      })
+      .def("__len__", [](const TakenChanges& t) { return t.tensors.size(); });
+
+  nb::class_<dws::ChangeTracker>(m, "ChangeTracker")
+      .def(nb::init<>())
+      .def(
+          "write",
+          [](dws::ChangeTracker& t, const TensorArg& tensor, uint64_t offset, const AnyArray& values) {
+            const dws::TensorView v = to_view(tensor);
+            const std::span<const std::byte> bytes(static_cast<const std::byte*>(values.data()), values.nbytes());
+            dws::Status st;
+            {
+              nb::gil_scoped_release release;
+              st = t.write(v, offset, bytes);
+            }
+            check(st);
+          },
+          "tensor"_a, "offset"_a, "values"_a,
+          "Copies `values` into the tensor from element `offset` on, noting every element whose bits change.")
+      .def(
+          "take",
+          [](dws::ChangeTracker& t, const std::vector<TensorArg>& tensors, const std::map<std::string, std::string>& base_digests) {
+            auto views = to_views(tensors);
+            const dws::TensorDigests d = digests_from_hex(base_digests);
+            dws::Result<std::vector<dws::TrackedTensorChanges>> r = dws::make_error(dws::ErrorCode::kInternal, "not run");
+            {
+              nb::gil_scoped_release release;
+              r = t.take(views, d);
+            }
+            return TakenChanges{value_or_raise(std::move(r))};
+          },
+          "tensors"_a, "base_digests"_a,
+          "The changes since the last take, against the tensors as they are now; clears the record.")
+      .def("clear", &dws::ChangeTracker::clear)
+      .def_prop_ro("recorded_changes", &dws::ChangeTracker::recorded_changes)
+      .def_prop_ro("memory_bytes", &dws::ChangeTracker::memory_bytes);
+
+  m.def(
+      "create_patch_from_changes",
+      [](const std::vector<TensorArg>& tensors, const std::map<std::string, std::string>& base_digests, const TakenChanges& taken,
+         const std::string& patch_path, size_t threads) {
+        auto views = to_views(tensors);
+        const dws::TensorDigests d = digests_from_hex(base_digests);
+        dws::CreatePatchOptions o;
+        o.threads = threads;
+        dws::Result<dws::PatchStats> r = dws::make_error(dws::ErrorCode::kInternal, "not run");
+        {
+          nb::gil_scoped_release release;
+          r = dws::create_patch_from_changes(layout_of(views, "model.safetensors"), d, taken.tensors, patch_path, o);
+        }
+        const dws::PatchStats st = value_or_raise(std::move(r));
+        nb::dict out;
+        out["changes"] = st.changes;
+        out["changed_tensors"] = st.changed_tensors;
+        out["payload_bytes"] = st.payload_bytes;
+        out["patch_file_bytes"] = st.patch_file_bytes;
+        return out;
+      },
+      "tensors"_a, "base_digests"_a, "taken"_a, "patch_path"_a, "threads"_a = 0,
+      "Writes the patch of tracked changes over the tensors' single-file layout (dws::create_patch_from_changes).");
 }

@@ -333,7 +333,9 @@ Result<PublishResult> publish_part(Store& store, const std::string& checkpoint_p
         return make_error(ErrorCode::kInvalidArgument, "publish: version " + std::to_string(version) + " is being published by " +
                                                            std::to_string(p.writers) + " writers, not " + std::to_string(k));
       }
-      if (options.step && p.step && *p.step != *options.step) {
+      // Another writer's part at another step is a real disagreement; our own part at an earlier step
+      // only means we are a version ahead of the others (lockstep: E_EXISTS below).
+      if (p.writer != me && options.step && p.step && *p.step != *options.step) {
         return make_error(ErrorCode::kInvalidArgument, "publish: version " + std::to_string(version) + " is being published for step " +
                                                            std::to_string(*p.step) + " (writer " + std::to_string(p.writer) +
                                                            "); this writer is at step " + std::to_string(*options.step));

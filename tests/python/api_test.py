@@ -147,8 +147,101 @@ def main():
         f.stop()
         check(seen and seen[-1] == 8 and same_bits(fm, state), f"follow saw {seen}")
         pub.close()
+    tracked_mode(rng)
+    sharded_writers(rng)
     print("python api: publish/publish_async/back-pressure, pull into memory in O(changes), late join, audit, "
-          "errors, follow: all checks passed")
+          "errors, follow, tracked mode, sharded writers: all checks passed")
+
+
+def tracked_mode(rng):
+    """A ChangeTracker publisher: fp32 masters cast into the published fp16 tensors through the tracker;
+    versions built from its record (no snapshot file) pull bit-identical, tracked anchors verify the
+    record, and a write that bypasses the tracker is caught at the next anchor."""
+    with tempfile.TemporaryDirectory() as d:
+        store = os.path.join(d, "store")
+        master = {"a": rng.standard_normal((200, 50)).astype(np.float32), "b": rng.standard_normal(999).astype(np.float32)}
+        published = {k: v.astype(np.float16) for k, v in master.items()}
+        tracker = dws.ChangeTracker(chunk_elements=1000)
+        pub = dws.Publisher(store, tracker=tracker, anchor_every=4, staging_dir=os.path.join(d, "stage"))
+        r = pub.publish(published, step=0)
+        check(r["version"] == 0 and r["has_anchor"] and not r["has_delta"], f"tracked v0: {r}")
+        check(not os.path.exists(pub.snapshot), "a tracking publisher wrote a snapshot")
+        sub = dws.Subscriber(store, os.path.join(d, "r.safetensors"))
+        mirror = {k: np.zeros_like(v) for k, v in published.items()}
+        sub.pull(into=mirror)
+        handles, expected = [], []
+        for step in range(1, 9):
+            for v in master.values():
+                idx = rng.choice(v.size, 40, replace=False)
+                v.reshape(-1)[idx] += np.float32(0.01)
+            before = {k: v.copy() for k, v in published.items()}
+            tracker.copy_(published, master)
+            want = sum(int((before[k].view(np.uint16) != published[k].view(np.uint16)).sum()) for k in published)
+            check(tracker.recorded_changes == want, f"step {step}: tracker noted {tracker.recorded_changes}, {want} changed")
+            handles.append(pub.publish_async(published, step=step))
+            expected.append({k: v.copy() for k, v in published.items()})
+        pub.wait()
+        results = [h.result() for h in handles]
+        check([r["version"] for r in results] == list(range(1, 9)), f"tracked versions: {[r['version'] for r in results]}")
+        check(all(r["has_delta"] for r in results) and [r["has_anchor"] for r in results].count(True) == 2,
+              "tracked versions carry deltas, and anchors at 4 and 8")
+        for v in range(1, 9):
+            r = sub.pull(into=mirror, version=v)
+            check(same_bits(mirror, expected[v - 1]), f"tracked version {v} differs from the mapping published")
+            check(r["state_digest"] == pub_state_digest(expected[v - 1]), f"tracked version {v}: state digest")
+        # A write behind the tracker's back: the tracked delta no longer explains the mapping, and the
+        # next anchor version refuses it; the publisher then starts over with an anchor.
+        published["b"][5] = np.float16(123.0)
+        for step in (9, 10, 11, 12):
+            tracker.copy_(published, {"a": master["a"] + np.float32(step), "b": published["b"]})
+            if step < 12:
+                pub.publish(published, step=step)
+        try:
+            pub.publish(published, step=12)
+            check(False, "a write that bypassed the tracker was published")
+        except dws.MismatchError as e:
+            check(e.name == "E_TARGET_MISMATCH", f"{e!r}")
+        r = pub.publish(published, step=12)
+        check(r["has_anchor"] and not r["has_delta"] and r["version"] == 12, f"after a refusal the next version is an anchor: {r}")
+        sub.pull(into=mirror)
+        check(same_bits(mirror, published), "the anchor after a refusal is the trainer's mapping")
+        pub.close()
+
+
+def sharded_writers(rng):
+    """Two ranks, each a Publisher(writers=2, rank=i) on its own thread with its own tensors; versions
+    become visible complete, in lockstep, and pull as the whole model."""
+    with tempfile.TemporaryDirectory() as d:
+        store = os.path.join(d, "store")
+        shards = [{"r0.w": rng.standard_normal(5000).astype(np.float32)}, {"r1.w": rng.standard_normal(3000).astype(np.float32)}]
+        pubs = [dws.Publisher(store, writers=2, rank=i, snapshot=os.path.join(d, f"snap{i}")) for i in range(2)]
+        states = []
+        for step in range(4):
+            for i in range(2):
+                shards[i][f"r{i}.w"][rng.integers(0, 3000, 20)] += np.float32(1)
+            states.append({k: v.copy() for sh in shards for k, v in sh.items()})
+        handles = [[], []]
+
+        def rank(i, delay):
+            time.sleep(delay)  # rank 1 starts late: rank 0's next parts wait for it (lockstep)
+            for step in range(4):
+                handles[i].append(pubs[i].publish_async({f"r{i}.w": states[step][f"r{i}.w"]}, step=step))
+            pubs[i].close()
+
+        threads = [threading.Thread(target=rank, args=(i, 0.3 * i)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        results = [[h.result() for h in hs] for hs in handles]
+        check(all([r["version"] for r in rs] == [0, 1, 2, 3] for rs in results), f"parts by version: {results}")
+        # Whoever completes a version merges and commits it (both ranks may race to; one commit wins).
+        check(all(results[0][v]["committed"] or results[1][v]["committed"] for v in range(4)), f"{results}")
+        sub = dws.Subscriber(store, os.path.join(d, "whole"))
+        for v in range(4):
+            mirror = {k: np.zeros_like(x) for k, x in states[v].items()}
+            r = sub.pull(into=mirror, version=v)
+            check(r["version"] == v and same_bits(mirror, states[v]), f"sharded version {v} differs")
 
 
 def pub_state_digest(state):
