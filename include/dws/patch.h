@@ -89,6 +89,12 @@ class Patch {
   PatchHeader header_;
 };
 
+// The positions (ascending) a patch writes in one of its tensors, decoded without the base: every
+// element for a tensor carried whole; E_UNSUPPORTED for native's class layout, which finds positions by
+// scanning the base; E_NOT_FOUND when the patch does not change the tensor. Payloads are decoded as
+// hostile input but not hashed: call verify_payload_hashes first for a patch from elsewhere.
+Result<std::vector<uint64_t>> patch_positions(const Patch& patch, std::string_view tensor);
+
 struct CreatePatchOptions {
   Encoding encoding = Encoding::kAuto;  // per tensor the smallest of native, xor_zstd, full
   size_t threads = 0;  // 0: all cores

@@ -27,12 +27,14 @@ class Subscriber:
         self._follow_thread = None
         self._stop = threading.Event()
 
-    def pull(self, into=None, version=None, audit=False):
+    def pull(self, into=None, version=None, audit=False, on_patch=None):
         """Brings the local checkpoint (and `into`, a {name: tensor} mapping of the model's tensors,
         same names, dtypes and shapes) to `version` (default: the latest). `audit` rescans the local
         checkpoint and the mapping instead of trusting their recorded digests. Returns pull's dict
         (version, applied, used_anchor, bytes_downloaded, ...) plus "into_changes": elements written
-        into the mapping by patches (None when it was reloaded whole)."""
+        into the mapping by patches (None when it was reloaded whole). on_patch(patch), when given, is
+        called with each patch applied (its .tensors and .positions(name) describe what it wrote; valid
+        during the call only); patches applied while restoring an anchor are not passed (used_anchor)."""
         args = None
         digests = None
         if into is not None:
@@ -43,8 +45,10 @@ class Subscriber:
                     digests = {a.name: _core.tensor_digest(a) for a in args}
         state = {"digests": digests, "changes": 0, "stale": digests is None}
 
-        def on_patch(patch):
-            if state["stale"]:
+        def apply(patch):
+            if user_on_patch is not None:
+                user_on_patch(patch)
+            if args is None or state["stale"]:
                 return
             try:
                 written, state["digests"] = _core.apply_patch_to_tensors(patch, args, state["digests"])
@@ -52,7 +56,9 @@ class Subscriber:
             except MismatchError:
                 state["stale"] = True  # the mapping is not at the patch's base: reload it whole below
 
-        result = _core.pull(self._store, self.local, version, self.threads, audit, on_patch if args is not None else None)
+        user_on_patch = on_patch
+        hook = apply if (args is not None or on_patch is not None) else None
+        result = _core.pull(self._store, self.local, version, self.threads, audit, hook)
         self.version, self.state_digest = result["version"], result["state_digest"]
         result["into_changes"] = None
         if args is not None:

@@ -10,6 +10,7 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/vector.h>
 
 #include <memory>
@@ -171,7 +172,25 @@ NB_MODULE(_core, m) {
 
   nb::class_<PatchHandle>(m, "Patch")
       .def_prop_ro("base_state_digest", [](const PatchHandle& p) { return dws::digest_hex(p.get().header().base_state_digest); })
-      .def_prop_ro("target_state_digest", [](const PatchHandle& p) { return dws::digest_hex(p.get().header().target_state_digest); });
+      .def_prop_ro("target_state_digest", [](const PatchHandle& p) { return dws::digest_hex(p.get().header().target_state_digest); })
+      .def_prop_ro(
+          "tensors",
+          [](const PatchHandle& p) {
+            std::vector<std::pair<std::string, uint64_t>> out;
+            for (const auto& t : p.get().header().tensors) out.emplace_back(t.name, t.changes);
+            return out;
+          },
+          "(name, changed elements) of every tensor the patch writes.")
+      .def(
+          "positions",
+          [](const PatchHandle& p, const std::string& name) {
+            auto r = dws::patch_positions(p.get(), name);
+            if (!r.ok()) raise(r.status());
+            auto* v = new std::vector<uint64_t>(std::move(*r));
+            nb::capsule owner(v, [](void* q) noexcept { delete static_cast<std::vector<uint64_t>*>(q); });
+            return nb::ndarray<nb::numpy, uint64_t, nb::ndim<1>>(v->data(), {v->size()}, owner);
+          },
+          "name"_a, "The element positions (ascending, a numpy uint64 array) the patch writes in tensor `name`.");
 
   m.def(
       "publish",

@@ -441,4 +441,23 @@ Status Patch::verify(size_t threads) const {
   return Status::Ok();
 }
 
+Result<std::vector<uint64_t>> patch_positions(const Patch& patch, std::string_view tensor) {
+  const PatchTensor* t = patch.header().find(tensor);
+  if (!t) return make_error(ErrorCode::kNotFound, "the patch does not change tensor '" + std::string(tensor) + "'");
+  std::vector<uint64_t> out;
+  if (t->encoding == Encoding::kFull) {
+    out.resize(t->numel());
+    for (uint64_t i = 0; i < out.size(); ++i) out[i] = i;
+    return out;
+  }
+  out.reserve(t->changes);
+  Status st = codec::decode_operands({t->encoding, t->dtype, t->numel(), t->changes, t->index_dtype}, payload_views(patch, *t),
+                                     [&](std::span<const uint64_t> pos, std::span<const std::byte>) {
+                                       out.insert(out.end(), pos.begin(), pos.end());
+                                       return Status::Ok();
+                                     });
+  if (!st.ok()) return st.with_context("tensor '" + t->name + "'");
+  return out;
+}
+
 }  // namespace dws
