@@ -31,7 +31,8 @@ if(SKBUILD)
   install(TARGETS _core LIBRARY DESTINATION dws)
 else()
   set_target_properties(_core PROPERTIES LIBRARY_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/python/dws)
-  file(GLOB _dws_py_files CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/dws/*.py)
+  file(GLOB _dws_py_files CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/dws/*.py ${CMAKE_CURRENT_LIST_DIR}/dws/*.pyi
+       ${CMAKE_CURRENT_LIST_DIR}/dws/py.typed)
   add_custom_target(dws_py_files ALL
                     COMMAND ${CMAKE_COMMAND} -E copy_if_different ${_dws_py_files} ${CMAKE_BINARY_DIR}/python/dws/
                     DEPENDS ${_dws_py_files})

@@ -116,6 +116,8 @@ class VllmWorkerExtension:
     ``load_weights``, which shards and fuses as it does at startup. Returns pull's dict per worker."""
 
     def dws_update(self, store, local, version=None, mode="changed", engine_at_local=False):
+        """Pulls `store` into this worker's `local` checkpoint ("{rank}" is replaced by the worker's rank)
+        and loads what changed into the worker's model (EngineUpdater.update); returns pull's dict."""
         local = local.format(rank=getattr(self, "rank", 0))
         key = (store, local, mode)
         updaters = self.__dict__.setdefault("_dws_updaters", {})

@@ -159,7 +159,7 @@ NB_MODULE(_core, m) {
   nb::object factory = nb::module_::import_("dws.errors").attr("_from_core");
   error_factory() = factory.release();
 
-  nb::class_<StoreHandle>(m, "Store")
+  nb::class_<StoreHandle>(m, "Store", "An open store (dws::Store): a directory or an S3 prefix.")
       .def("describe", [](const StoreHandle& s) { return s.store->describe(); }, "The store's URI, for messages.");
   m.def(
       "open_store",
@@ -170,9 +170,11 @@ NB_MODULE(_core, m) {
       },
       "uri"_a, "endpoint"_a = "", "Opens a directory or s3:// store.");
 
-  nb::class_<PatchHandle>(m, "Patch")
-      .def_prop_ro("base_state_digest", [](const PatchHandle& p) { return dws::digest_hex(p.get().header().base_state_digest); })
-      .def_prop_ro("target_state_digest", [](const PatchHandle& p) { return dws::digest_hex(p.get().header().target_state_digest); })
+  nb::class_<PatchHandle>(m, "Patch", "A patch being applied by a pull; valid only inside the on_patch callback.")
+      .def_prop_ro("base_state_digest", [](const PatchHandle& p) { return dws::digest_hex(p.get().header().base_state_digest); },
+                   "The state digest (32 hex digits) the patch applies to.")
+      .def_prop_ro("target_state_digest", [](const PatchHandle& p) { return dws::digest_hex(p.get().header().target_state_digest); },
+                   "The state digest (32 hex digits) the patch ends at.")
       .def_prop_ro(
           "tensors",
           [](const PatchHandle& p) {
@@ -236,9 +238,10 @@ NB_MODULE(_core, m) {
         }
         return pull_result_dict(value_or_raise(std::move(r)));
       },
-      "store"_a, "local"_a, "version"_a = nb::none(), "threads"_a = 0, "audit"_a = false, "on_patch"_a = nb::none());
+      "store"_a, "local"_a, "version"_a = nb::none(), "threads"_a = 0, "audit"_a = false, "on_patch"_a = nb::none(),
+      "Brings the local checkpoint to `version` (default: the latest) in place (dws::pull); on_patch(patch) after each applied patch.");
 
-  nb::class_<TensorArg>(m, "TensorArg")
+  nb::class_<TensorArg>(m, "TensorArg", "A tensor's memory (numpy array or torch CPU tensor, C-contiguous) with its safetensors dtype name and shape.")
       .def(nb::init<std::string, std::string, std::vector<uint64_t>, AnyArray>(), "name"_a, "dtype"_a, "shape"_a, "array"_a)
       .def_ro("name", &TensorArg::name)
       .def_ro("dtype", &TensorArg::dtype)
@@ -351,7 +354,7 @@ NB_MODULE(_core, m) {
       "store"_a, "patch_path"_a, "anchor_path"_a, "step"_a = nb::none(), "threads"_a = 0,
       "Publishes a delta and/or anchor prepared elsewhere (dws::publish_prepared), without a snapshot.");
 
-  nb::class_<TakenChanges>(m, "TakenChanges")
+  nb::class_<TakenChanges>(m, "TakenChanges", "Changes taken from a ChangeTracker, for create_patch_from_changes.")
       .def_prop_ro("changes", [](const TakenChanges& t) {
         uint64_t n = 0;
         for (const auto& c : t.tensors) n += c.positions.size();
@@ -364,7 +367,7 @@ NB_MODULE(_core, m) {
       })
       .def("__len__", [](const TakenChanges& t) { return t.tensors.size(); });
 
-  nb::class_<dws::ChangeTracker>(m, "ChangeTracker")
+  nb::class_<dws::ChangeTracker>(m, "ChangeTracker", "Notes changed elements as tensors are written through it (dws/track.h).")
       .def(nb::init<>())
       .def(
           "write",
@@ -394,9 +397,9 @@ NB_MODULE(_core, m) {
           },
           "tensors"_a, "base_digests"_a,
           "The changes since the last take, against the tensors as they are now; clears the record.")
-      .def("clear", &dws::ChangeTracker::clear)
-      .def_prop_ro("recorded_changes", &dws::ChangeTracker::recorded_changes)
-      .def_prop_ro("memory_bytes", &dws::ChangeTracker::memory_bytes);
+      .def("clear", &dws::ChangeTracker::clear, "Forgets the record.")
+      .def_prop_ro("recorded_changes", &dws::ChangeTracker::recorded_changes, "Entries held (an element changed twice may count twice).")
+      .def_prop_ro("memory_bytes", &dws::ChangeTracker::memory_bytes, "Bytes the record holds.");
 
   m.def(
       "create_patch_from_changes",

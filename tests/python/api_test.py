@@ -35,8 +35,29 @@ def train_step(state, rng, n=50):
     state["step"] += 1
 
 
+def documented():
+    """Every public name of the package, and every public method or property of its classes, has a docstring."""
+    import inspect
+    import dws.engines
+    missing = []
+    for mod in (dws, dws.engines):
+        names = getattr(mod, "__all__", None) or [n for n in vars(mod) if not n.startswith("_")]
+        for name in names:
+            obj = getattr(mod, name)
+            if inspect.ismodule(obj) or not (inspect.isclass(obj) or callable(obj)):
+                continue
+            if not inspect.getdoc(obj):
+                missing.append(f"{mod.__name__}.{name}")
+            if inspect.isclass(obj):
+                for attr, member in vars(obj).items():
+                    if not attr.startswith("_") and (callable(member) or isinstance(member, property)) and not inspect.getdoc(member):
+                        missing.append(f"{mod.__name__}.{name}.{attr}")
+    check(not missing, f"public names without a docstring: {missing}")
+
+
 def main():
     check("torch" not in sys.modules, "importing dws imported torch")
+    documented()
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as d:
         store = os.path.join(d, "store")
