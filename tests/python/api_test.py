@@ -224,9 +224,33 @@ def tracked_mode(rng):
             check(e.name == "E_TARGET_MISMATCH", f"{e!r}")
         r = pub.publish(published, step=12)
         check(r["has_anchor"] and not r["has_delta"] and r["version"] == 12, f"after a refusal the next version is an anchor: {r}")
+        hf_opens(store, expected)
         sub.pull(into=mirror)
         check(same_bits(mirror, published), "the anchor after a refusal is the trainer's mapping")
         pub.close()
+
+
+def hf_opens(store, expected):
+    """Every patch and anchor the Python publisher wrote opens with Hugging Face's safetensors package;
+    patches carry the dws metadata, and the version-4 anchor holds the mapping published at step 4."""
+    from safetensors import safe_open
+    patches = anchors = 0
+    for root, _, files in os.walk(store):
+        for f in files:
+            path = os.path.join(root, f)
+            if f.endswith(".dwsp"):
+                with safe_open(path, framework="numpy") as sf:
+                    check(sf.metadata().get("dws.format") == "dws-patch", f"{path}: metadata {sf.metadata()}")
+                    for k in sf.keys():
+                        sf.get_tensor(k)
+                patches += 1
+            elif f == "anchor.safetensors" and f"{os.sep}{4:020d}{os.sep}" in path:  # versions/<N, 20 digits>/
+                with safe_open(path, framework="numpy") as sf:
+                    check(sorted(sf.keys()) == sorted(expected[3]), "anchor tensor names")
+                    for k in sf.keys():
+                        check((sf.get_tensor(k).view(np.uint8) == expected[3][k].view(np.uint8)).all(), f"anchor tensor {k}")
+                anchors += 1
+    check(patches >= 8 and anchors == 1, f"HF safetensors opened {patches} patches and {anchors} anchors")
 
 
 def sharded_writers(rng):
