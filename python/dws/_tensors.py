@@ -8,6 +8,8 @@ _TORCH_DTYPES = {
     "torch.int64": "I64", "torch.int32": "I32", "torch.int16": "I16", "torch.int8": "I8",
     "torch.uint8": "U8", "torch.bool": "BOOL",
 }
+# safetensors dtype name -> torch dtype attribute name ("BF16" -> "bfloat16").
+TORCH_ATTR = {name: key[len("torch."):] for key, name in _TORCH_DTYPES.items()}
 _NUMPY_DTYPES = {
     "float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32", "int16": "I16",
     "int8": "I8", "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL",

@@ -24,7 +24,7 @@ import threading
 import numpy as np
 
 from dws import _core
-from dws._tensors import tensor_arg
+from dws._tensors import TORCH_ATTR, tensor_arg
 from dws.subscriber import Subscriber
 
 MODES = ("changed", "nan_sentinel")
@@ -85,14 +85,9 @@ class EngineUpdater:
             return result
 
 
-_TORCH_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
-                "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-                "BOOL": "bool"}
-
-
 def _load(local, name, dtype, shape):
     import torch
-    t = torch.empty([int(d) for d in shape], dtype=getattr(torch, _TORCH_NAMES[dtype]))
+    t = torch.empty([int(d) for d in shape], dtype=getattr(torch, TORCH_ATTR[dtype]))
     _core.load_into(local, [tensor_arg(name, t)])
     return t
 

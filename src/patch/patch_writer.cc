@@ -148,11 +148,11 @@ Result<PatchStats> create_patch_from_changes(const CheckpointLayout& layout, con
       auto d = base_digests.find(t.name);
       if (d == base_digests.end()) return make_error(ErrorCode::kInvalidArgument, "tracked patch: no base digest for tensor '" + t.name + "'");
       base_list.push_back(d->second);
-      uint64_t numel = 1;
-      for (uint64_t x : t.shape) numel *= x;
+      const std::optional<uint64_t> numel = checked_numel(t.shape);
+      if (!numel) return make_error(ErrorCode::kShape, "tracked patch: tensor '" + t.name + "' has too many elements");
       ++stats.tensors;
-      stats.elements += numel;
-      stats.target_bytes += numel * dtype_size_bytes(t.dtype);
+      stats.elements += *numel;
+      stats.target_bytes += *numel * dtype_size_bytes(t.dtype);
     }
   }
   TensorDigests target_digests(base_digests.begin(), base_digests.end());
@@ -186,8 +186,7 @@ Result<PatchStats> create_patch_from_changes(const CheckpointLayout& layout, con
   ThreadPool pool(options.threads);
   pool.parallel_for(changed.size(), [&](size_t i) {
     const TrackedTensorChanges& c = changed[i];
-    uint64_t numel = 1;
-    for (uint64_t x : c.shape) numel *= x;
+    const uint64_t numel = *checked_numel(c.shape);  // c.shape equals its layout entry's, checked above
     uint64_t prev = 0;
     for (size_t k = 0; k < c.positions.size(); ++k) {
       if (c.positions[k] >= numel || (k > 0 && c.positions[k] <= prev)) {

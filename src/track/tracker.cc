@@ -9,23 +9,14 @@
 
 namespace dws {
 
-namespace {
-
-uint64_t numel_of(const std::vector<uint64_t>& shape) {
-  uint64_t n = 1;
-  for (uint64_t d : shape) n *= d;
-  return n;
-}
-
-}  // namespace
-
 Status ChangeTracker::write(const TensorView& tensor, uint64_t offset_elements, std::span<const std::byte> values) {
   const size_t w = dtype_size_bytes(tensor.dtype);
-  const uint64_t numel = numel_of(tensor.shape);
-  if (tensor.data.size() != numel * w) {
+  const std::optional<uint64_t> size = checked_size_bytes(tensor.dtype, tensor.shape);
+  if (!size || tensor.data.size() != *size) {
     return make_error(ErrorCode::kInvalidArgument, "track: tensor '" + tensor.name + "' holds " + std::to_string(tensor.data.size()) +
-                                                       " bytes, its dtype and shape need " + std::to_string(numel * w));
+                                                       " bytes, which is not what its dtype and shape " + shape_string(tensor.shape) + " need");
   }
+  const uint64_t numel = *size / w;
   if (values.size() % w != 0 || offset_elements > numel || values.size() / w > numel - offset_elements) {
     return make_error(ErrorCode::kInvalidArgument, "track: writing " + std::to_string(values.size()) + " bytes at element " +
                                                        std::to_string(offset_elements) + " of tensor '" + tensor.name + "' (" +
@@ -102,7 +93,7 @@ Result<std::vector<TrackedTensorChanges>> ChangeTracker::take(std::span<const Te
     }
     auto d = base_digests.find(name);
     if (d == base_digests.end()) return make_error(ErrorCode::kInvalidArgument, "track: no base digest for tensor '" + name + "'");
-    if (t.data.size() != numel_of(t.shape) * dtype_size_bytes(t.dtype)) {
+    if (checked_size_bytes(t.dtype, t.shape) != std::optional<uint64_t>(t.data.size())) {
       return make_error(ErrorCode::kInvalidArgument, "track: tensor '" + name + "' has the wrong byte size");
     }
   }
