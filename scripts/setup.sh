@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(g++ cmake make pkg-config zstd libzstd-dev libxxhash-dev libcpp-httplib-dev libcurl4-openssl-dev libcli11-dev nlohmann-json3-dev libgtest-dev
+PACKAGES=(g++ cmake make pkg-config zstd libzstd-dev libxxhash-dev libcpp-httplib-dev libcurl4-openssl-dev libssl-dev libcli11-dev nlohmann-json3-dev libgtest-dev
           libbenchmark-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -283,6 +283,43 @@ TEST_F(Sync, MissingDeltaWithNoAnchorPastItFailsPreciselyAndLeavesAValidVersion)
   EXPECT_FALSE(std::filesystem::exists(dir_ / "fresh.safetensors"));
 }
 
+// The real store behind it, failing every read after the listing: a store that went down mid-pull.
+class FailingReads : public Store {
+ public:
+  FailingReads(Store& inner, ErrorCode code) : inner_(inner), code_(code) {}
+  Status put(std::string_view k, std::span<const std::byte> d) override { return inner_.put(k, d); }
+  Status put_file(std::string_view k, const std::string& p) override { return inner_.put_file(k, p); }
+  Status put_if_absent(std::string_view k, std::span<const std::byte> d) override { return inner_.put_if_absent(k, d); }
+  Result<std::vector<std::byte>> get(std::string_view, uint64_t) override { return fail(); }
+  Result<std::vector<std::byte>> get_range(std::string_view, uint64_t, uint64_t) override { return fail(); }
+  Status get_file(std::string_view, const std::string&) override { return fail(); }
+  Result<std::optional<ObjectInfo>> stat(std::string_view) override { return fail(); }
+  Result<std::vector<ObjectInfo>> list(std::string_view prefix) override { return inner_.list(prefix); }
+  Status remove(std::string_view k) override { return inner_.remove(k); }
+  std::string describe() const override { return "failing " + inner_.describe(); }
+
+ private:
+  Status fail() const { return make_error(code_, "injected: the store went away"); }
+  Store& inner_;
+  ErrorCode code_;
+};
+
+// Regression: a pull whose store listed its versions and then became unreachable failed with
+// E_NOT_FOUND ("no anchor at or before version N"), which follow treats as fatal, instead of
+// E_UNAVAILABLE, which it outlives (seen in s3.faults under ASan's timing).
+TEST_F(Sync, AStoreThatFailsAfterListingIsReportedAsSuchNotAsMissingVersions) {
+  publish_steps(2, 16);
+  const std::string local = local_at(0, "l.safetensors");
+  for (ErrorCode code : {ErrorCode::kUnavailable, ErrorCode::kDenied, ErrorCode::kIo}) {
+    FailingReads failing(*store_, code);
+    for (const std::string& where : {local, dir_ / "fresh.safetensors"}) {
+      auto r = pull(failing, where, {});
+      EXPECT_EQ(r.status().code(), code) << where << ": " << r.status().to_string();
+    }
+  }
+  EXPECT_TRUE(test::same_tensors(local, test::trajectory_step(0)));
+}
+
 TEST_F(Sync, PullOfAVersionThatIsNotThereFailsAndWritesNothing) {
   auto empty = pull(*store_, dir_ / "x.safetensors", {});
   EXPECT_EQ(empty.status().code(), ErrorCode::kNotFound);

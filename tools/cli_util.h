@@ -21,6 +21,7 @@ enum ExitCode : int {
   kExitPendingJournal = 6,
   kExitDenied = 7,       // fix the credentials or the bucket policy
   kExitUnavailable = 8,  // the store was unreachable until the retry deadline; try again later
+  kExitAuth = 9,         // a version is not signed by our key (--secret-file): not published by the trainer
 };
 
 inline int exit_code_for(dws::ErrorCode code) {
@@ -37,6 +38,7 @@ inline int exit_code_for(dws::ErrorCode code) {
     case dws::ErrorCode::kInternal: return kExitInternal;
     case dws::ErrorCode::kDenied: return kExitDenied;
     case dws::ErrorCode::kUnavailable: return kExitUnavailable;
+    case dws::ErrorCode::kAuth: return kExitAuth;
     default: return kExitBadInput;
   }
 }

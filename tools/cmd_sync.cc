@@ -58,6 +58,19 @@ Result<std::string> notify_token(const SyncCommands& c) {
   return std::string(env ? env : "");
 }
 
+// The key of authenticated versions: --secret-file, else $DWS_SECRET_FILE, else none (unsigned). The
+// secret itself is never printed; messages name the file and the key's id.
+Result<std::optional<AuthKey>> auth_key(const SyncCommands& c) {
+  std::string path = c.secret_file;
+  if (path.empty()) {
+    const char* env = std::getenv("DWS_SECRET_FILE");
+    if (env && *env) path = env;
+  }
+  if (path.empty()) return std::optional<AuthKey>();
+  DWS_ASSIGN_OR_RETURN(AuthKey key, AuthKey::from_file(path));
+  return std::optional<AuthKey>(std::move(key));
+}
+
 // Opens STORE with --endpoint, and with the progress line when it is on (--progress).
 Result<std::unique_ptr<Store>> open_cli_store(const SyncCommands& c, const std::string& uri, bool quiet) {
   DWS_RETURN_IF_ERROR(ProgressLine::configure(c.progress, quiet));
@@ -96,6 +109,9 @@ int cmd_publish(const SyncCommands& c, size_t threads, bool quiet) {
   auto token = notify_token(c);
   if (!token.ok()) return fail(token.status());
   o.notify_token = *token;
+  auto key = auth_key(c);
+  if (!key.ok()) return fail(key.status());
+  if (*key) o.auth = &**key;
   std::error_code ec;
   std::filesystem::create_directories(std::filesystem::path(o.snapshot_path).parent_path(), ec);
   const auto t0 = std::chrono::steady_clock::now();
@@ -140,12 +156,16 @@ void print_pull(const std::string& local, const PullResult& r, double seconds) {
 int cmd_pull(const SyncCommands& c, size_t threads, bool quiet) {
   auto store = open_cli_store(c, c.store, quiet);
   if (!store.ok()) return fail(store.status());
+  auto key = auth_key(c);
+  if (!key.ok()) return fail(key.status());
+  const AuthKey* auth = *key ? &**key : nullptr;
   if (!c.follow) {
     if (!c.listen.empty()) return fail(make_error(ErrorCode::kInvalidArgument, "--listen needs --follow"));
     PullOptions o;
     o.version = c.version;
     o.threads = threads;
     o.audit = c.audit;
+    o.auth = auth;
     const auto t0 = std::chrono::steady_clock::now();
     auto r = pull(**store, c.checkpoint, o);
     ProgressLine::get().finish();
@@ -168,6 +188,7 @@ int cmd_pull(const SyncCommands& c, size_t threads, bool quiet) {
   o.audit = c.audit;
   o.listener = listener.get();
   o.threads = threads;
+  o.auth = auth;
   auto t0 = std::chrono::steady_clock::now();
   o.on_unavailable = [&](const Status& st) {
     ProgressLine::get().finish();
@@ -184,11 +205,13 @@ int cmd_pull(const SyncCommands& c, size_t threads, bool quiet) {
 int cmd_log(const SyncCommands& c) {
   auto store = open_cli_store(c, c.store, false);
   if (!store.ok()) return fail(store.status());
+  auto key = auth_key(c);
+  if (!key.ok()) return fail(key.status());
   auto versions = list_versions(**store);
   if (!versions.ok()) return fail(versions.status());
   json rows = json::array();
   for (uint64_t v : *versions) {
-    auto m = read_manifest(**store, v);
+    auto m = read_manifest(**store, v, *key ? &**key : nullptr);
     if (!m.ok()) {
       rows.push_back({{"version", v}, {"error", m.status().to_string()}});
       continue;
@@ -232,10 +255,12 @@ int cmd_log(const SyncCommands& c) {
 int cmd_fold(const SyncCommands& c, size_t threads, bool quiet) {
   auto store = open_cli_store(c, c.store, quiet);
   if (!store.ok()) return fail(store.status());
+  auto key = auth_key(c);
+  if (!key.ok()) return fail(key.status());
   CreatePatchOptions o;
   o.threads = threads;
   const auto t0 = std::chrono::steady_clock::now();
-  auto r = fold(**store, c.fold_from, c.fold_to, std::filesystem::temp_directory_path().string(), o);
+  auto r = fold(**store, c.fold_from, c.fold_to, std::filesystem::temp_directory_path().string(), o, *key ? &**key : nullptr);
   if (!r.ok()) return fail(r.status());
   if (!quiet) {
     std::printf("folded %llu -> %llu: %s, %llu changes (the deltas it replaces: %s) (%.2fs)\n",
@@ -275,8 +300,10 @@ int verify_store_command(const SyncCommands& c, const std::string& uri, std::opt
                          bool quiet) {
   auto store = open_cli_store(c, uri, quiet);
   if (!store.ok()) return fail(store.status());
+  auto key = auth_key(c);
+  if (!key.ok()) return fail(key.status());
   const auto t0 = std::chrono::steady_clock::now();
-  auto r = verify_store(**store, version, full, threads);
+  auto r = verify_store(**store, version, full, threads, *key ? &**key : nullptr);
   ProgressLine::get().finish();
   if (!r.ok()) return fail(r.status());
   for (const auto& p : r->problems) std::fprintf(stderr, "dws: problem: %s\n", p.c_str());
@@ -285,9 +312,9 @@ int verify_store_command(const SyncCommands& c, const std::string& uri, std::opt
     return kExitMismatch;
   }
   if (!quiet) {
-    std::printf("ok: store %s: %zu version(s) checked (manifests, object sizes and hashes, chain%s) (%.2fs)\n",
+    std::printf("ok: store %s: %zu version(s) checked (manifests, object sizes and hashes, chain%s%s) (%.2fs)\n",
                 (*store)->describe().c_str(), r->versions_checked.size(), full ? ", every version rebuilt and rescanned" : "",
-                seconds_since(t0));
+                *key ? (", signatures by key " + (*key)->id()).c_str() : "", seconds_since(t0));
   }
   return kExitOk;
 }
@@ -296,6 +323,10 @@ void add_store_options(CLI::App* command, SyncCommands& c) {
   command->add_option("--endpoint", c.endpoint,
                       "S3 endpoint URL, e.g. http://127.0.0.1:8333 (else $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, the profile's "
                       "endpoint_url, AWS)");
+  command->add_option("--secret-file", c.secret_file,
+                      "File holding the secret shared by publisher and receivers (16+ bytes, e.g. `openssl rand -hex 32`): "
+                      "publish and fold sign versions with it; pull, log and verify take only versions signed with it "
+                      "(else $DWS_SECRET_FILE; neither: unsigned). gc ignores it");
   command->add_option("--progress", c.progress, "Transfer progress on stderr: auto (when a terminal), on, off")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "on", "off"}));

@@ -35,9 +35,10 @@ struct SyncCommands {
   std::string token_file;                // shared notification token (else DWS_NOTIFY_TOKEN)
   std::string endpoint;                  // --endpoint: S3 endpoint URL
   std::string progress = "auto";         // --progress auto|on|off
+  std::string secret_file;               // --secret-file: authenticated versions (else DWS_SECRET_FILE)
 };
 
-// Adds --endpoint and --progress (every command that opens a store).
+// Adds --endpoint, --progress and --secret-file (every command that opens a store).
 void add_store_options(CLI::App* command, SyncCommands& c);
 
 // Registers the subcommands; `threads` and `quiet` are the app's global options.

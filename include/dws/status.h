@@ -39,6 +39,7 @@ enum class ErrorCode : uint8_t {
   kDevice = 20,          // a CUDA or NCCL call failed (device lost, out of device memory, peer gone)
   kDenied = 21,          // a store refused the credentials or the request (HTTP 401/403); retrying will not help
   kUnavailable = 22,     // a store could not be reached, or kept failing, until its retry deadline passed
+  kAuth = 23,            // a version is not signed by the receiver's key: unsigned, another key, or altered (dws/auth.h)
 };
 
 // Stable upper-case name, e.g. "E_BASE_MISMATCH".

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "dws/auth.h"
 #include "dws/patch.h"
 #include "dws/status.h"
 #include "dws/store.h"
@@ -32,6 +33,7 @@ struct VersionFile {
   std::string name;         // anchor: the file's name inside the checkpoint ("" for a single file)
   uint64_t size_bytes = 0;
   std::string xxh3;         // XXH3-128 of the object's bytes, 32 hex digits
+  std::string sha256;       // SHA-256 of the object's bytes, 64 hex digits: listed by signed versions, else empty
 };
 
 struct VersionManifest {
@@ -52,13 +54,15 @@ struct VersionManifest {
   uint64_t bytes_of(std::string_view role) const;
 };
 
-// Parses and validates a manifest (hostile bytes: keys are checked, sizes bounded).
-Result<VersionManifest> parse_manifest(std::string_view json_text);
-std::string serialize_manifest(const VersionManifest& m);
+// Parses and validates a manifest (hostile bytes: keys are checked, sizes bounded). With `auth`, the
+// manifest must be signed by that key and list every file's SHA-256 (E_AUTH otherwise).
+Result<VersionManifest> parse_manifest(std::string_view json_text, const AuthKey* auth = nullptr);
+// With `auth`, the manifest is signed (its files must carry their sha256).
+std::string serialize_manifest(const VersionManifest& m, const AuthKey* auth = nullptr);
 
 // Committed versions, ascending (a manifest present = committed).
 Result<std::vector<uint64_t>> list_versions(Store& store);
-Result<VersionManifest> read_manifest(Store& store, uint64_t version);
+Result<VersionManifest> read_manifest(Store& store, uint64_t version, const AuthKey* auth = nullptr);
 
 struct PublishOptions {
   uint64_t anchor_every = 16;  // versions 0, N, 2N, ... carry an anchor; 0 = only version 0
@@ -88,6 +92,10 @@ struct PublishOptions {
   std::vector<std::string> notify_urls;
   std::string notify_token;
   double notify_timeout_seconds = 2.0;
+  // Authenticated versions (dws/auth.h): sign each version and list its files' SHA-256; the store's
+  // earlier versions (and, with several writers, the other writers' parts) must be signed by this key
+  // too. nullptr: unsigned. The caller keeps the key alive during the call.
+  const AuthKey* auth = nullptr;
 };
 
 struct PublishResult {
@@ -117,6 +125,7 @@ struct PublishPreparedOptions {
   std::string anchor_path;
   std::optional<uint64_t> step;
   size_t threads = 0;
+  const AuthKey* auth = nullptr;  // as PublishOptions::auth
 };
 Result<PublishResult> publish_prepared(Store& store, const PublishPreparedOptions& options);
 
@@ -134,6 +143,9 @@ struct PullOptions {
   // O(changes) with apply_patch_to_tensors. Patches applied while restoring an anchor are not passed:
   // after a pull with used_anchor such a copy must be reloaded whole. May be empty.
   std::function<void(const Patch& patch)> on_patch;
+  // Take only versions signed by this key, and check every downloaded file's SHA-256 (E_AUTH
+  // otherwise; folds not signed by it are ignored). nullptr: signatures are not checked.
+  const AuthKey* auth = nullptr;
 };
 
 struct PullResult {
@@ -163,6 +175,7 @@ struct FollowOptions {
   // A pull that failed with E_UNAVAILABLE (the store was unreachable past its retry deadline); the loop
   // goes on, the local checkpoint stays at the last version it reached. Empty: ignored.
   std::function<void(const Status&)> on_unavailable;
+  const AuthKey* auth = nullptr;            // PullOptions::auth
 };
 
 // Keeps local_path at the store's latest version: pull, then wait for a poke or the poll interval.
@@ -181,8 +194,9 @@ struct FoldResult {
   uint64_t bytes = 0, changes = 0;
   uint64_t chain_bytes = 0;  // the deltas A+1..B it replaces
 };
+// With `auth`, both versions must be signed by it, and so is the fold.
 Result<FoldResult> fold(Store& store, uint64_t from_version, uint64_t to_version, const std::string& scratch_dir,
-                        const CreatePatchOptions& options);
+                        const CreatePatchOptions& options, const AuthKey* auth = nullptr);
 
 struct GcOptions {
   uint64_t keep_last = 8;           // the newest N versions stay pullable
@@ -207,7 +221,9 @@ struct VerifyReport {
 
 // Checks manifests, that every object exists with its size and hash, and that deltas chain (base =
 // previous version, base digest = previous state digest). full: also rebuilds every version from its
-// anchor in a scratch directory and checks the state digests by rescanning.
-Result<VerifyReport> verify_store(Store& store, std::optional<uint64_t> version, bool full, size_t threads);
+// anchor in a scratch directory and checks the state digests by rescanning. With `auth`, every manifest
+// must be signed by it and every object must match its signed SHA-256 (a problem each, not an error).
+Result<VerifyReport> verify_store(Store& store, std::optional<uint64_t> version, bool full, size_t threads,
+                                  const AuthKey* auth = nullptr);
 
 }  // namespace dws

@@ -10,7 +10,7 @@ weights that changed.
 Importing dws never imports torch: numpy arrays and torch CPU tensors are both accepted.
 """
 from dws import errors
-from dws.errors import (AccessDeniedError, CorruptInputError, DwsError, DwsIOError, ExistsError, InvalidArgumentError,
+from dws.errors import (AccessDeniedError, AuthenticationError, CorruptInputError, DwsError, DwsIOError, ExistsError, InvalidArgumentError,
                         MismatchError, NotFoundError, StoreUnavailableError)
 from dws import _core
 from dws.publisher import Publisher
@@ -19,6 +19,7 @@ from dws.tracker import ChangeTracker
 
 __all__ = ["Publisher", "Subscriber", "ChangeTracker", "DwsError", "InvalidArgumentError", "DwsIOError", "NotFoundError",
            "ExistsError", "CorruptInputError", "MismatchError", "AccessDeniedError", "StoreUnavailableError",
+           "AuthenticationError",
            "errors", "open_store", "tensor_digest"]
 
 

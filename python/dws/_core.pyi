@@ -16,6 +16,29 @@ class Store:
 def open_store(uri: str, endpoint: str = '') -> Store:
     """Opens a directory or s3:// store."""
 
+class AuthKey:
+    """
+    The secret shared by a trainer and its receivers (dws/auth.h); never printed.
+    """
+
+    @staticmethod
+    def from_file(path: str) -> AuthKey:
+        """
+        The key whose secret is the file's bytes, without one trailing newline (16 to 4096 bytes).
+        """
+
+    @staticmethod
+    def from_secret(secret: bytes) -> AuthKey:
+        """The key for a secret given as bytes (16 to 4096 bytes)."""
+
+    @property
+    def id(self) -> str:
+        """
+        16 hex digits identifying the key (safe to log; reveals nothing of the secret).
+        """
+
+    def __repr__(self) -> str: ...
+
 class Patch:
     """
     A patch being applied by a pull; valid only inside the on_patch callback.
@@ -38,14 +61,14 @@ class Patch:
         The element positions (ascending, a numpy uint64 array) the patch writes in tensor `name`.
         """
 
-def publish(store: Store, checkpoint: str, snapshot: str, step: int | None = None, anchor: bool = False, anchor_every: int = 16, threads: int = 0, writers: int = 1, writer_index: int = 0) -> dict:
+def publish(store: Store, checkpoint: str, snapshot: str, step: int | None = None, anchor: bool = False, anchor_every: int = 16, threads: int = 0, writers: int = 1, writer_index: int = 0, auth: AuthKey | None = None) -> dict:
     """
-    Publishes the checkpoint as the store's next version (dws::publish); writers > 1: this is writer writer_index's part.
+    Publishes the checkpoint as the store's next version (dws::publish); writers > 1: this is writer writer_index's part; auth: sign it (and require the store's earlier versions signed) with this AuthKey.
     """
 
-def pull(store: Store, local: str, version: int | None = None, threads: int = 0, audit: bool = False, on_patch: Callable[[Patch], None] | None = None) -> dict:
+def pull(store: Store, local: str, version: int | None = None, threads: int = 0, audit: bool = False, on_patch: Callable[[Patch], None] | None = None, auth: AuthKey | None = None) -> dict:
     """
-    Brings the local checkpoint to `version` (default: the latest) in place (dws::pull); on_patch(patch) after each applied patch.
+    Brings the local checkpoint to `version` (default: the latest) in place (dws::pull); on_patch(patch) after each applied patch; auth: take only versions signed with this AuthKey (AuthenticationError otherwise).
     """
 
 class TensorArg:
@@ -87,9 +110,9 @@ def tensor_digest(tensor: TensorArg) -> str:
     The format-v2 tensor digest (docs/patch-format.md §5) of one tensor, as 32 hex digits.
     """
 
-def publish_prepared(store: Store, patch_path: str, anchor_path: str, step: int | None = None, threads: int = 0) -> dict:
+def publish_prepared(store: Store, patch_path: str, anchor_path: str, step: int | None = None, threads: int = 0, auth: AuthKey | None = None) -> dict:
     """
-    Publishes a delta and/or anchor prepared elsewhere (dws::publish_prepared), without a snapshot.
+    Publishes a delta and/or anchor prepared elsewhere (dws::publish_prepared), without a snapshot; auth as for publish.
     """
 
 class TakenChanges:

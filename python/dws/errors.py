@@ -53,6 +53,10 @@ class StoreUnavailableError(DwsError, ConnectionError):
     """The store stayed unreachable, or kept failing, until its retry deadline (E_UNAVAILABLE)."""
 
 
+class AuthenticationError(DwsError, PermissionError):
+    """A version is not signed by our key: unsigned, signed by another key, or altered (E_AUTH)."""
+
+
 class InternalError(DwsError):
     """A bug in dws (E_INTERNAL)."""
 
@@ -68,6 +72,7 @@ _BY_NAME = {
     "E_DEVICE": DeviceError,
     "E_DENIED": AccessDeniedError,
     "E_UNAVAILABLE": StoreUnavailableError,
+    "E_AUTH": AuthenticationError,
     "E_INTERNAL": InternalError,
 }
 

@@ -60,16 +60,20 @@ class Publisher:
         then built from its record in O(changes) instead of by a diff against a snapshot (single
         writer only). Anchor versions (and a new Publisher's first version) stage the whole mapping and
         check that the tracked changes explain it (TargetMismatch otherwise).
+    secret_file: a file holding the secret shared with the receivers (16+ bytes): every version is
+        signed with it (HMAC-SHA256, with each file's SHA-256), and the store's earlier versions must
+        be signed with it too (AuthenticationError otherwise). None: unsigned versions.
     endpoint: S3 endpoint URL override.
     """
 
     def __init__(self, store, *, snapshot=None, staging_dir=None, anchor_every=16, threads=0, queue_size=1,
-                 writers=1, rank=0, lockstep_timeout=600.0, tracker=None, endpoint=""):
+                 writers=1, rank=0, lockstep_timeout=600.0, tracker=None, secret_file=None, endpoint=""):
         if not 0 <= rank < writers:
             raise ValueError(f"dws: rank {rank} of {writers} writers (ranks count from 0)")
         if tracker is not None and writers > 1:
             raise ValueError("dws: a tracker publishes single-writer versions; with writers > 1 use snapshot mode")
         self._store = _core.open_store(store, endpoint) if isinstance(store, str) else store
+        self._auth = _core.AuthKey.from_file(os.fspath(secret_file)) if secret_file is not None else None
         self.writers, self.rank, self.lockstep_timeout = writers, rank, lockstep_timeout
         if snapshot is None:
             cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -175,7 +179,7 @@ class Publisher:
         while True:
             try:
                 return _core.publish(self._store, job.checkpoint, self.snapshot, job.step, job.anchor, self.anchor_every,
-                                     self.threads, self.writers, self.rank)
+                                     self.threads, self.writers, self.rank, self._auth)
             except ExistsError:
                 # Several writers: our part of the previous version is in and waits for other ranks.
                 if self.writers == 1 or time.monotonic() > deadline:
@@ -190,7 +194,7 @@ class Publisher:
         if job.taken is not None and (len(job.taken) > 0 or job.checkpoint is None):
             patch = job.scratch("delta.dwsp")
             _core.create_patch_from_changes(job.args, job.base_digests, job.taken, patch, self.threads)
-        result = _core.publish_prepared(self._store, patch, job.checkpoint or "", job.step, self.threads)
+        result = _core.publish_prepared(self._store, patch, job.checkpoint or "", job.step, self.threads, self._auth)
         if result["already_published"]:
             self._forget_tracked()  # the store's version is not necessarily what we captured
         elif job.record.version is None:

@@ -1,4 +1,5 @@
 """The receiver side: follow a store's versions, into a local checkpoint and into tensors in memory."""
+import os
 import threading
 
 from dws import _core
@@ -15,10 +16,14 @@ class Subscriber:
     and checked against the trainer's digests; it is reloaded whole from the local checkpoint the first
     time, after a pull restored an anchor, or when its recorded digests stop matching (e.g. something
     else wrote to it).
+
+    secret_file: the file holding the secret the trainer signs with: only versions signed with it are
+    taken (AuthenticationError otherwise, the local checkpoint and the mapping untouched). None: any.
     """
 
-    def __init__(self, store, local, *, threads=0, endpoint=""):
+    def __init__(self, store, local, *, threads=0, secret_file=None, endpoint=""):
         self._store = _core.open_store(store, endpoint) if isinstance(store, str) else store
+        self._auth = _core.AuthKey.from_file(os.fspath(secret_file)) if secret_file is not None else None
         self.local, self.threads = local, threads
         self.version = None
         self.state_digest = None
@@ -58,7 +63,7 @@ class Subscriber:
 
         user_on_patch = on_patch
         hook = apply if (args is not None or on_patch is not None) else None
-        result = _core.pull(self._store, self.local, version, self.threads, audit, hook)
+        result = _core.pull(self._store, self.local, version, self.threads, audit, hook, self._auth)
         self.version, self.state_digest = result["version"], result["state_digest"]
         result["into_changes"] = None
         if args is not None:

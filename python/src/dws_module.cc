@@ -15,6 +15,7 @@
 
 #include <memory>
 
+#include "dws/auth.h"
 #include "dws/checkpoint.h"
 #include "dws/digest.h"
 #include "dws/patch.h"
@@ -170,6 +171,19 @@ NB_MODULE(_core, m) {
       },
       "uri"_a, "endpoint"_a = "", "Opens a directory or s3:// store.");
 
+  nb::class_<dws::AuthKey>(m, "AuthKey", "The secret shared by a trainer and its receivers (dws/auth.h); never printed.")
+      .def_static(
+          "from_file", [](const std::string& path) { return value_or_raise(dws::AuthKey::from_file(path)); }, "path"_a,
+          "The key whose secret is the file's bytes, without one trailing newline (16 to 4096 bytes).")
+      .def_static(
+          "from_secret",
+          [](nb::bytes secret) {
+            return value_or_raise(dws::AuthKey::from_secret(std::as_bytes(std::span(static_cast<const char*>(secret.data()), secret.size()))));
+          },
+          "secret"_a, "The key for a secret given as bytes (16 to 4096 bytes).")
+      .def_prop_ro("id", &dws::AuthKey::id, "16 hex digits identifying the key (safe to log; reveals nothing of the secret).")
+      .def("__repr__", [](const dws::AuthKey& k) { return "AuthKey(id=" + k.id() + ")"; });
+
   nb::class_<PatchHandle>(m, "Patch", "A patch being applied by a pull; valid only inside the on_patch callback.")
       .def_prop_ro("base_state_digest", [](const PatchHandle& p) { return dws::digest_hex(p.get().header().base_state_digest); },
                    "The state digest (32 hex digits) the patch applies to.")
@@ -197,8 +211,9 @@ NB_MODULE(_core, m) {
   m.def(
       "publish",
       [](StoreHandle& s, const std::string& checkpoint, const std::string& snapshot, std::optional<uint64_t> step, bool anchor,
-         uint64_t anchor_every, size_t threads, uint32_t writers, uint32_t writer_index) {
+         uint64_t anchor_every, size_t threads, uint32_t writers, uint32_t writer_index, const dws::AuthKey* auth) {
         dws::PublishOptions o;
+        o.auth = auth;
         o.writers = writers;
         o.writer_index = writer_index;
         o.snapshot_path = snapshot;
@@ -214,14 +229,16 @@ NB_MODULE(_core, m) {
         return publish_result_dict(value_or_raise(std::move(r)));
       },
       "store"_a, "checkpoint"_a, "snapshot"_a, "step"_a = nb::none(), "anchor"_a = false, "anchor_every"_a = 16, "threads"_a = 0,
-      "writers"_a = 1, "writer_index"_a = 0,
-      "Publishes the checkpoint as the store's next version (dws::publish); writers > 1: this is writer writer_index's part.");
+      "writers"_a = 1, "writer_index"_a = 0, "auth"_a = nb::none(),
+      "Publishes the checkpoint as the store's next version (dws::publish); writers > 1: this is writer writer_index's part; "
+      "auth: sign it (and require the store's earlier versions signed) with this AuthKey.");
 
   m.def(
       "pull",
       [](StoreHandle& s, const std::string& local, std::optional<uint64_t> version, size_t threads, bool audit,
-         std::function<void(PatchHandle)> on_patch) {
+         std::function<void(PatchHandle)> on_patch, const dws::AuthKey* auth) {
         dws::PullOptions o;
+        o.auth = auth;
         o.version = version;
         o.threads = threads;
         o.audit = audit;
@@ -239,7 +256,9 @@ NB_MODULE(_core, m) {
         return pull_result_dict(value_or_raise(std::move(r)));
       },
       "store"_a, "local"_a, "version"_a = nb::none(), "threads"_a = 0, "audit"_a = false, "on_patch"_a = nb::none(),
-      "Brings the local checkpoint to `version` (default: the latest) in place (dws::pull); on_patch(patch) after each applied patch.");
+      "auth"_a = nb::none(),
+      "Brings the local checkpoint to `version` (default: the latest) in place (dws::pull); on_patch(patch) after each applied patch; "
+      "auth: take only versions signed with this AuthKey (AuthenticationError otherwise).");
 
   nb::class_<TensorArg>(m, "TensorArg", "A tensor's memory (numpy array or torch CPU tensor, C-contiguous) with its safetensors dtype name and shape.")
       .def(nb::init<std::string, std::string, std::vector<uint64_t>, AnyArray>(), "name"_a, "dtype"_a, "shape"_a, "array"_a)
@@ -338,8 +357,10 @@ NB_MODULE(_core, m) {
       "tensor"_a, "The format-v2 tensor digest (docs/patch-format.md §5) of one tensor, as 32 hex digits.");
   m.def(
       "publish_prepared",
-      [](StoreHandle& s, const std::string& patch_path, const std::string& anchor_path, std::optional<uint64_t> step, size_t threads) {
+      [](StoreHandle& s, const std::string& patch_path, const std::string& anchor_path, std::optional<uint64_t> step, size_t threads,
+         const dws::AuthKey* auth) {
         dws::PublishPreparedOptions o;
+        o.auth = auth;
         o.patch_path = patch_path;
         o.anchor_path = anchor_path;
         o.step = step;
@@ -351,8 +372,8 @@ NB_MODULE(_core, m) {
         }
         return publish_result_dict(value_or_raise(std::move(r)));
       },
-      "store"_a, "patch_path"_a, "anchor_path"_a, "step"_a = nb::none(), "threads"_a = 0,
-      "Publishes a delta and/or anchor prepared elsewhere (dws::publish_prepared), without a snapshot.");
+      "store"_a, "patch_path"_a, "anchor_path"_a, "step"_a = nb::none(), "threads"_a = 0, "auth"_a = nb::none(),
+      "Publishes a delta and/or anchor prepared elsewhere (dws::publish_prepared), without a snapshot; auth as for publish.");
 
   nb::class_<TakenChanges>(m, "TakenChanges", "Changes taken from a ChangeTracker, for create_patch_from_changes.")
       .def_prop_ro("changes", [](const TakenChanges& t) {

@@ -27,6 +27,7 @@ std::string_view error_code_name(ErrorCode code) {
     case ErrorCode::kDevice: return "E_DEVICE";
     case ErrorCode::kDenied: return "E_DENIED";
     case ErrorCode::kUnavailable: return "E_UNAVAILABLE";
+    case ErrorCode::kAuth: return "E_AUTH";
   }
   return "E_UNKNOWN";
 }

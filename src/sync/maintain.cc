@@ -13,18 +13,18 @@ namespace dws {
 using namespace sync_util;
 
 Result<FoldResult> fold(Store& store, uint64_t from_version, uint64_t to_version, const std::string& scratch_dir,
-                        const CreatePatchOptions& options) {
+                        const CreatePatchOptions& options, const AuthKey* auth) {
   if (from_version >= to_version) {
     return make_error(ErrorCode::kInvalidArgument, "fold: --from " + std::to_string(from_version) + " must be below --to " +
                                                        std::to_string(to_version));
   }
-  DWS_ASSIGN_OR_RETURN(VersionManifest from_m, read_manifest(store, from_version));
-  DWS_ASSIGN_OR_RETURN(VersionManifest to_m, read_manifest(store, to_version));
+  DWS_ASSIGN_OR_RETURN(VersionManifest from_m, read_manifest(store, from_version, auth));
+  DWS_ASSIGN_OR_RETURN(VersionManifest to_m, read_manifest(store, to_version, auth));
   FoldResult result;
   result.from_version = from_version;
   result.to_version = to_version;
   for (uint64_t v = from_version + 1; v <= to_version; ++v) {
-    auto m = read_manifest(store, v);
+    auto m = read_manifest(store, v, auth);
     if (m.ok()) result.chain_bytes += m->bytes_of("delta");
   }
   // Materialize both versions with pull (every digest checked), then diff them: the fold holds exactly
@@ -40,6 +40,7 @@ Result<FoldResult> fold(Store& store, uint64_t from_version, uint64_t to_version
     PullOptions po;
     po.threads = options.threads;
     po.version = from_version;
+    po.auth = auth;
     DWS_RETURN_IF_ERROR(pull(store, a, po).status());
     po.version = to_version;
     DWS_RETURN_IF_ERROR(pull(store, b, po).status());
@@ -52,11 +53,11 @@ Result<FoldResult> fold(Store& store, uint64_t from_version, uint64_t to_version
     fm.base_state_digest = from_m.state_digest;
     fm.state_digest = to_m.state_digest;
     fm.changes = ps.changes;
-    DWS_ASSIGN_OR_RETURN(std::string h, file_xxh3(patch_path));
-    fm.file = {fold_prefix(from_version, to_version) + random_token() + "/fold.dwsp", "fold", "", ps.patch_file_bytes, h};
+    DWS_ASSIGN_OR_RETURN(fm.file, describe_file(patch_path, fold_prefix(from_version, to_version) + random_token() + "/fold.dwsp",
+                                                "fold", "", auth != nullptr));
     DWS_RETURN_IF_ERROR(store.put_file(fm.file.key, patch_path));
     uploaded = fm.file.key;
-    const std::string text = serialize_fold_manifest(fm);
+    const std::string text = serialize_fold_manifest(fm, auth);
     DWS_RETURN_IF_ERROR(store.put_if_absent(fold_manifest_key(from_version, to_version),
                                             std::span(reinterpret_cast<const std::byte*>(text.data()), text.size())));
     result.bytes = ps.patch_file_bytes;
@@ -128,7 +129,7 @@ Result<GcResult> gc(Store& store, const GcOptions& options) {
     if (std::none_of(files.begin(), files.end(), [&](const VersionFile& f) { return f.key == o.key; })) DWS_RETURN_IF_ERROR(remove(o));
   }
   // Folds whose versions are gone.
-  DWS_ASSIGN_OR_RETURN(std::vector<FoldManifest> folds, list_folds(store));
+  DWS_ASSIGN_OR_RETURN(std::vector<FoldManifest> folds, list_folds(store, nullptr));  // gc keeps no secret: it only deletes
   for (const auto& f : folds) {
     if (keep.count(f.from_version) && keep.count(f.to_version)) continue;
     DWS_ASSIGN_OR_RETURN(std::vector<ObjectInfo> fold_objects, store.list(fold_prefix(f.from_version, f.to_version)));

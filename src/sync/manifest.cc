@@ -17,13 +17,14 @@ constexpr size_t kMaxFiles = 100000;
 
 Status bad(const std::string& msg) { return make_error(ErrorCode::kPatchMetadata, "manifest: " + msg); }
 
-bool is_hex32(const std::string& s) {
-  if (s.size() != 32) return false;
+bool is_hex(const std::string& s, size_t digits) {
+  if (s.size() != digits) return false;
   for (char c : s) {
     if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
   }
   return true;
 }
+bool is_hex32(const std::string& s) { return is_hex(s, 32); }
 
 // Field readers for manifest objects: E_PATCH_METADATA naming the field when it is missing or mistyped.
 Status get_u64(const json& obj, const char* key, uint64_t* out) {
@@ -57,7 +58,63 @@ uint64_t VersionManifest::bytes_of(std::string_view role) const {
   return n;
 }
 
-std::string serialize_manifest(const VersionManifest& m) {
+nlohmann::json file_entry_json(const VersionFile& f) {
+  json e = {{"key", f.key}, {"role", f.role}, {"name", f.name}, {"size_bytes", f.size_bytes}, {"xxh3", f.xxh3}};
+  if (!f.sha256.empty()) e["sha256"] = f.sha256;
+  return e;
+}
+
+Status read_file_hashes(const nlohmann::json& entry, VersionFile& f, const AuthKey* auth) {
+  DWS_RETURN_IF_ERROR(get_u64(entry, "size_bytes", &f.size_bytes));
+  DWS_RETURN_IF_ERROR(get_str(entry, "xxh3", &f.xxh3));
+  if (!is_hex32(f.xxh3)) return bad("file " + f.key + ": xxh3 is not 32 lower-case hex digits");
+  if (entry.contains("sha256")) {
+    DWS_RETURN_IF_ERROR(get_str(entry, "sha256", &f.sha256));
+    if (!is_hex(f.sha256, 64)) return bad("file " + f.key + ": sha256 is not 64 lower-case hex digits");
+  } else if (auth) {
+    return make_error(ErrorCode::kAuth, "manifest: file " + f.key + " has no sha256, which a signed version lists for every file");
+  }
+  return Status::Ok();
+}
+
+namespace {
+// The bytes a signature covers: the document without "auth", dumped compactly (keys sorted).
+std::string signed_text(const json& doc) {
+  json copy = doc;
+  copy.erase("auth");
+  return copy.dump();
+}
+}  // namespace
+
+void sign_document(nlohmann::json& doc, const AuthKey& key) {
+  const std::string mac = key.sign(signed_text(doc));
+  doc["auth"] = {{"alg", "hmac-sha256"}, {"key_id", key.id()}, {"mac", mac}};
+}
+
+Status check_document(const nlohmann::json& doc, const AuthKey* key, std::string_view what) {
+  if (!key) return Status::Ok();
+  const std::string ctx = std::string(what) + ": ";
+  auto it = doc.find("auth");
+  if (it == doc.end()) {
+    return make_error(ErrorCode::kAuth, ctx + "not signed, but this receiver holds key " + key->id() + " and takes only signed versions");
+  }
+  const json& a = *it;
+  if (!a.is_object() || !a.contains("alg") || !a.contains("key_id") || !a.contains("mac") || !a["alg"].is_string() ||
+      !a["key_id"].is_string() || !a["mac"].is_string()) {
+    return make_error(ErrorCode::kAuth, ctx + "'auth' is not an object with string alg, key_id and mac");
+  }
+  if (a["alg"] != "hmac-sha256") return make_error(ErrorCode::kAuth, ctx + "signed with '" + a["alg"].get<std::string>().substr(0, 32) + "', not hmac-sha256");
+  const std::string id = a["key_id"].get<std::string>();
+  if (id != key->id()) {
+    return make_error(ErrorCode::kAuth, ctx + "signed with key " + id.substr(0, 32) + ", not with this receiver's key " + key->id());
+  }
+  if (!key->verify(signed_text(doc), a["mac"].get<std::string>())) {
+    return make_error(ErrorCode::kAuth, ctx + "the signature by key " + key->id() + " does not match its contents (altered after signing)");
+  }
+  return Status::Ok();
+}
+
+std::string serialize_manifest(const VersionManifest& m, const AuthKey* auth) {
   json doc = {{"format", kManifestFormat},
               {"format_version", kManifestFormatVersion},
               {"version", m.version},
@@ -75,16 +132,16 @@ std::string serialize_manifest(const VersionManifest& m) {
     doc["base_state_digest"] = m.base_state_digest;
   }
   json files = json::array();
-  for (const auto& f : m.files) {
-    files.push_back({{"key", f.key}, {"role", f.role}, {"name", f.name}, {"size_bytes", f.size_bytes}, {"xxh3", f.xxh3}});
-  }
+  for (const auto& f : m.files) files.push_back(file_entry_json(f));
   doc["files"] = std::move(files);
+  if (auth) sign_document(doc, *auth);
   return doc.dump(1) + "\n";
 }
 
-Result<VersionManifest> parse_manifest(std::string_view text) {
+Result<VersionManifest> parse_manifest(std::string_view text, const AuthKey* auth) {
   DWS_ASSIGN_OR_RETURN(json doc, parse_json_strict(text, "version manifest"));
   if (!doc.is_object()) return bad("not a JSON object");
+  DWS_RETURN_IF_ERROR(check_document(doc, auth, "version manifest"));
   std::string format;
   uint64_t format_version = 0;
   DWS_RETURN_IF_ERROR(get_str(doc, "format", &format));
@@ -133,11 +190,9 @@ Result<VersionManifest> parse_manifest(std::string_view text) {
     DWS_RETURN_IF_ERROR(get_str(f, "key", &vf.key));
     DWS_RETURN_IF_ERROR(get_str(f, "role", &vf.role));
     DWS_RETURN_IF_ERROR(get_str(f, "name", &vf.name));
-    DWS_RETURN_IF_ERROR(get_u64(f, "size_bytes", &vf.size_bytes));
-    DWS_RETURN_IF_ERROR(get_str(f, "xxh3", &vf.xxh3));
     if (Status st = check_store_key(vf.key); !st.ok()) return bad(st.message());
     if (vf.key.rfind(version_prefix(m.version), 0) != 0) return bad("file " + vf.key + " lies outside its version's prefix");
-    if (!is_hex32(vf.xxh3)) return bad("file " + vf.key + ": xxh3 is not 32 lower-case hex digits");
+    DWS_RETURN_IF_ERROR(read_file_hashes(f, vf, auth));
     if (vf.role == "delta") {
       ++deltas;
       if (!vf.name.empty()) return bad("a delta file has a name");
@@ -202,10 +257,10 @@ Result<std::vector<uint64_t>> list_versions(Store& store) {
   return out;  // keys sort as the zero-padded numbers do
 }
 
-Result<VersionManifest> read_manifest(Store& store, uint64_t version) {
+Result<VersionManifest> read_manifest(Store& store, uint64_t version, const AuthKey* auth) {
   auto bytes = store.get(manifest_key(version), kMaxManifestBytes);
   if (!bytes.ok()) return bytes.status().with_context("version " + std::to_string(version));
-  auto m = parse_manifest(std::string_view(reinterpret_cast<const char*>(bytes->data()), bytes->size()));
+  auto m = parse_manifest(std::string_view(reinterpret_cast<const char*>(bytes->data()), bytes->size()), auth);
   if (!m.ok()) return m.status().with_context("version " + std::to_string(version));
   if (m->version != version) {
     return bad("the manifest under version " + std::to_string(version) + " says version " + std::to_string(m->version));
@@ -227,7 +282,10 @@ std::string fold_manifest_key(uint64_t from_version, uint64_t to_version) {
   return fold_prefix(from_version, to_version) + "manifest.json";
 }
 
-std::string serialize_fold_manifest(const FoldManifest& m) {
+std::string serialize_fold_manifest(const FoldManifest& m, const AuthKey* auth) {
+  json entry = file_entry_json(m.file);
+  entry.erase("role");
+  entry.erase("name");
   nlohmann::json doc = {{"format", "dws-fold"},
                         {"format_version", kManifestFormatVersion},
                         {"from_version", m.from_version},
@@ -235,13 +293,15 @@ std::string serialize_fold_manifest(const FoldManifest& m) {
                         {"base_state_digest", m.base_state_digest},
                         {"state_digest", m.state_digest},
                         {"changes", m.changes},
-                        {"file", {{"key", m.file.key}, {"size_bytes", m.file.size_bytes}, {"xxh3", m.file.xxh3}}}};
+                        {"file", std::move(entry)}};
+  if (auth) sign_document(doc, *auth);
   return doc.dump(1) + "\n";
 }
 
-Result<FoldManifest> parse_fold_manifest(std::string_view text) {
+Result<FoldManifest> parse_fold_manifest(std::string_view text, const AuthKey* auth) {
   DWS_ASSIGN_OR_RETURN(nlohmann::json doc, parse_json_strict(text, "fold manifest"));
   if (!doc.is_object()) return bad("fold manifest: not a JSON object");
+  DWS_RETURN_IF_ERROR(check_document(doc, auth, "fold manifest"));
   std::string format;
   uint64_t format_version = 0;
   DWS_RETURN_IF_ERROR(get_str(doc, "format", &format));
@@ -258,23 +318,22 @@ Result<FoldManifest> parse_fold_manifest(std::string_view text) {
   if (file == doc.end() || !file->is_object()) return bad("fold manifest: 'file' missing or not an object");
   m.file.role = "fold";
   DWS_RETURN_IF_ERROR(get_str(*file, "key", &m.file.key));
-  DWS_RETURN_IF_ERROR(get_u64(*file, "size_bytes", &m.file.size_bytes));
-  DWS_RETURN_IF_ERROR(get_str(*file, "xxh3", &m.file.xxh3));
+  DWS_RETURN_IF_ERROR(read_file_hashes(*file, m.file, auth));
   if (m.from_version >= m.to_version) return bad("fold from " + std::to_string(m.from_version) + " to " + std::to_string(m.to_version));
-  if (!is_hex32(m.base_state_digest) || !is_hex32(m.state_digest) || !is_hex32(m.file.xxh3)) return bad("fold digests are not hex");
+  if (!is_hex32(m.base_state_digest) || !is_hex32(m.state_digest)) return bad("fold digests are not hex");
   if (Status st = check_store_key(m.file.key); !st.ok()) return bad(st.message());
   if (m.file.key.rfind(fold_prefix(m.from_version, m.to_version), 0) != 0) return bad("fold file outside its prefix");
   return m;
 }
 
-Result<std::vector<FoldManifest>> list_folds(Store& store) {
+Result<std::vector<FoldManifest>> list_folds(Store& store, const AuthKey* auth) {
   DWS_ASSIGN_OR_RETURN(std::vector<ObjectInfo> objects, store.list("folds/"));
   std::vector<FoldManifest> out;
   for (const auto& o : objects) {
     if (o.key.size() < 14 || o.key.compare(o.key.size() - 14, 14, "/manifest.json") != 0) continue;
     auto bytes = store.get(o.key, kMaxManifestBytes);
     if (!bytes.ok()) continue;
-    auto m = parse_fold_manifest(std::string_view(reinterpret_cast<const char*>(bytes->data()), bytes->size()));
+    auto m = parse_fold_manifest(std::string_view(reinterpret_cast<const char*>(bytes->data()), bytes->size()), auth);
     if (m.ok() && fold_manifest_key(m->from_version, m->to_version) == o.key) out.push_back(std::move(*m));
   }
   return out;

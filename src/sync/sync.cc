@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "core/file_io.h"
+#include "core/sha256.h"
 #include "dws/checkpoint.h"
 #include "dws/digest.h"
 #include "dws/notify.h"
@@ -37,9 +38,11 @@ uint64_t now_unix_ms() {
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
 }
 
-Result<std::string> file_xxh3(const std::string& path) {
+Result<VersionFile> describe_file(const std::string& path, std::string key, std::string role, std::string name, bool with_sha256) {
   DWS_ASSIGN_OR_RETURN(io::MappedFile f, io::MappedFile::open(path, io::MappedFile::Mode::kReadOnly));
-  return digest_hex(digest_bytes(f.bytes()));
+  VersionFile out{std::move(key), std::move(role), std::move(name), f.bytes().size(), digest_hex(digest_bytes(f.bytes())), ""};
+  if (with_sha256) out.sha256 = sha256_hex(f.bytes());
+  return out;
 }
 
 Result<std::string> checkpoint_state_digest(const Checkpoint& cp, size_t threads) {
@@ -58,16 +61,18 @@ std::string without_trailing_slashes(std::string path) {
 
 std::string sidecar_path(const std::string& local_path) { return without_trailing_slashes(local_path) + ".dws-version"; }
 
-Result<std::pair<uint64_t, std::string>> object_size_and_xxh3(Store& store, std::string_view key) {
+Result<VersionFile> describe_object(Store& store, std::string_view key, bool with_sha256) {
   constexpr uint64_t kChunkBytes = 64ull << 20;
   DWS_ASSIGN_OR_RETURN(std::optional<ObjectInfo> info, store.stat(key));
   if (!info) return make_error(ErrorCode::kNotFound, "store: no object " + std::string(key) + " in " + store.describe());
   DigestStream hash;
+  Sha256Stream sha;
   for (uint64_t at = 0; at < info->size_bytes; at += kChunkBytes) {
     DWS_ASSIGN_OR_RETURN(std::vector<std::byte> chunk, store.get_range(key, at, std::min(kChunkBytes, info->size_bytes - at)));
     hash.update(chunk);
+    if (with_sha256) sha.update(chunk);
   }
-  return std::make_pair(info->size_bytes, digest_hex(hash.finish()));
+  return VersionFile{std::string(key), "", "", info->size_bytes, digest_hex(hash.finish()), with_sha256 ? sha.finish_hex() : ""};
 }
 
 // A hidden scratch path next to `local` (same filesystem, so renames into place are atomic).
@@ -76,17 +81,21 @@ std::string scratch_path(const std::string& local, const std::string& what) {
   return io::parent_dir(p) + "/." + io::base_name(p) + ".dws-" + what + "-" + random_token();
 }
 
-Status download_verified(Store& store, const VersionFile& f, const std::string& path) {
+Status download_verified(Store& store, const VersionFile& f, const std::string& path, const AuthKey* auth) {
   DWS_RETURN_IF_ERROR(store.get_file(f.key, path));
-  DWS_ASSIGN_OR_RETURN(std::string got, file_xxh3(path));
-  struct stat st {};
-  const uint64_t size = ::stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
-  if (got != f.xxh3 || size != f.size_bytes) {
-    remove_quietly(path);
-    return make_error(ErrorCode::kPayloadHash, "store object " + f.key + " is " + std::to_string(size) + " bytes hashing to " +
-                                                   got + "; its manifest says " + std::to_string(f.size_bytes) + " bytes, " + f.xxh3);
+  auto got = describe_file(path, f.key, f.role, f.name, auth != nullptr);
+  Status st;
+  if (!got.ok()) {
+    st = got.status();
+  } else if (got->xxh3 != f.xxh3 || got->size_bytes != f.size_bytes) {
+    st = make_error(ErrorCode::kPayloadHash, "store object " + f.key + " is " + std::to_string(got->size_bytes) + " bytes hashing to " +
+                                                 got->xxh3 + "; its manifest says " + std::to_string(f.size_bytes) + " bytes, " + f.xxh3);
+  } else if (auth && got->sha256 != f.sha256) {
+    st = make_error(ErrorCode::kAuth, "store object " + f.key + " has SHA-256 " + got->sha256 + "; its signed manifest says " +
+                                          (f.sha256.empty() ? "nothing" : f.sha256));
   }
-  return Status::Ok();
+  if (!st.ok()) remove_quietly(path);
+  return st;
 }
 
 }  // namespace sync_util
@@ -248,6 +257,8 @@ class Puller {
       return make_error(ErrorCode::kNotFound, "pull: version " + std::to_string(target) + " is not in " + store_.describe() +
                                                   " (latest " + std::to_string(versions_.back()) + ")");
     }
+    // The target's manifest must be readable (and, with a key, signed) before anything else happens.
+    DWS_RETURN_IF_ERROR(manifest(target).status().with_context("pull"));
     DWS_ASSIGN_OR_RETURN(std::optional<uint64_t> local_v, identify_local(target));
     result_.from_version = local_v;
     if (local_v && *local_v == target) return finish(target);
@@ -264,7 +275,7 @@ class Puller {
     std::optional<FoldManifest> fold;
     std::optional<uint64_t> fold_bytes;
     if (local_v && *local_v < target) {
-      auto folds = list_folds(store_);
+      auto folds = list_folds(store_, options_.auth);
       if (folds.ok()) {
         for (auto& f : *folds) {
           if (f.from_version != *local_v || f.to_version > target) continue;
@@ -293,6 +304,9 @@ class Puller {
       if (chain_status.ok()) return finish(target);
       // Fall through to the anchor, which does not depend on the local state.
     }
+    // A manifest on the way that could not be read (unsigned, store unavailable, ...) explains a missing
+    // chain better than "not found".
+    if (!manifest_failure_.ok() && (!anchor || !anchor_bytes) && chain_status.ok()) return manifest_failure_.with_context("pull");
     if (!anchor) {
       if (!chain_status.ok()) return chain_status;
       return make_error(ErrorCode::kNotFound, "pull: no anchor at or before version " + std::to_string(target) +
@@ -322,8 +336,12 @@ class Puller {
   Result<const VersionManifest*> manifest(uint64_t v) {
     auto it = manifests_.find(v);
     if (it == manifests_.end()) {
-      DWS_ASSIGN_OR_RETURN(VersionManifest m, read_manifest(store_, v));
-      it = manifests_.emplace(v, std::move(m)).first;
+      auto m = read_manifest(store_, v, options_.auth);
+      if (!m.ok()) {
+        if (m.status().code() != ErrorCode::kNotFound && manifest_failure_.ok()) manifest_failure_ = m.status();
+        return m.status();
+      }
+      it = manifests_.emplace(v, std::move(*m)).first;
     }
     return &it->second;
   }
@@ -386,7 +404,7 @@ class Puller {
   Status apply_object(const std::string& path, const VersionFile& file, const std::string& base_digest,
                       const std::string& target_digest, const std::string& what, std::optional<TensorDigests>& digests) {
     const std::string tmp = scratch_path(local_, "patch");
-    Status st = download_verified(store_, file, tmp);
+    Status st = download_verified(store_, file, tmp, options_.auth);
     if (st.ok()) {
       auto patch = Patch::open(tmp);
       if (!patch.ok()) {
@@ -441,7 +459,7 @@ class Puller {
       }
       for (const auto& f : m->files) {
         if (f.role != "anchor") continue;
-        DWS_RETURN_IF_ERROR(download_verified(store_, f, m->sharded ? scratch + "/" + f.name : scratch));
+        DWS_RETURN_IF_ERROR(download_verified(store_, f, m->sharded ? scratch + "/" + f.name : scratch, options_.auth));
         result_.bytes_downloaded += f.size_bytes;
       }
       std::optional<TensorDigests> digests;
@@ -477,6 +495,7 @@ class Puller {
   std::vector<uint64_t> versions_;
   std::map<uint64_t, VersionManifest> manifests_;
   std::optional<TensorDigests> digests_;  // of local_, verified, when known
+  Status manifest_failure_;               // the first manifest read that failed other than E_NOT_FOUND
   PullResult result_;
 };
 
@@ -497,6 +516,7 @@ Status follow(Store& store, const std::string& local_path, const FollowOptions& 
   PullOptions po;
   po.threads = options.threads;
   po.audit = options.audit;
+  po.auth = options.auth;
   while (!options.keep_going || options.keep_going()) {
     auto r = pull(store, local_path, po);
     po.audit = false;
@@ -520,18 +540,16 @@ Status follow(Store& store, const std::string& local_path, const FollowOptions& 
 
 // Uploads the checkpoint's files as the anchor of version m (under `prefix`), listing them in m.
 static Status upload_anchor(Store& store, const Checkpoint& cp, const std::string& prefix, VersionManifest& m,
-                            std::vector<std::string>& uploaded, PublishResult& result) {
+                            std::vector<std::string>& uploaded, PublishResult& result, const AuthKey* auth) {
   m.has_anchor = true;
   m.sharded = cp.is_directory();
   for (const auto& [name, path] : checkpoint_files(cp)) {
     const std::string key = m.sharded ? prefix + "anchor/" + name : prefix + "anchor.safetensors";
-    DWS_ASSIGN_OR_RETURN(std::string h, file_xxh3(path));
-    struct stat sb {};
-    if (::stat(path.c_str(), &sb) != 0) return make_error(ErrorCode::kIo, "publish: stat " + path + ": " + io::errno_text(errno));
+    DWS_ASSIGN_OR_RETURN(VersionFile f, describe_file(path, key, "anchor", name, auth != nullptr));
     DWS_RETURN_IF_ERROR(store.put_file(key, path));
     uploaded.push_back(key);
-    m.files.push_back({key, "anchor", name, static_cast<uint64_t>(sb.st_size), h});
-    result.anchor_bytes += static_cast<uint64_t>(sb.st_size);
+    result.anchor_bytes += f.size_bytes;
+    m.files.push_back(std::move(f));
   }
   result.has_anchor = true;
   return Status::Ok();
@@ -543,7 +561,7 @@ Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, 
   DWS_ASSIGN_OR_RETURN(Checkpoint cp, Checkpoint::open(checkpoint_path));
   DWS_ASSIGN_OR_RETURN(std::vector<uint64_t> versions, list_versions(store));
   if (options.step && !versions.empty()) {
-    DWS_ASSIGN_OR_RETURN(VersionManifest latest, read_manifest(store, versions.back()));
+    DWS_ASSIGN_OR_RETURN(VersionManifest latest, read_manifest(store, versions.back(), options.auth));
     if (latest.step == options.step) return already_published(latest);
   }
   VersionManifest m;
@@ -568,7 +586,7 @@ Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, 
     bool want_anchor = versions.empty() || options.anchor ||
                        (options.anchor_every > 0 && m.version % options.anchor_every == 0);
     if (!versions.empty()) {
-      DWS_ASSIGN_OR_RETURN(VersionManifest latest, read_manifest(store, versions.back()));
+      DWS_ASSIGN_OR_RETURN(VersionManifest latest, read_manifest(store, versions.back(), options.auth));
       if (latest.writers > 1) {
         return make_error(ErrorCode::kInvalidArgument, "publish: version " + std::to_string(versions.back()) + " was published by " +
                                                            std::to_string(latest.writers) + " writers; publish with --writer I/" +
@@ -579,6 +597,7 @@ Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, 
       PullOptions po;
       po.version = versions.back();
       po.threads = options.patch.threads;
+      po.auth = options.auth;
       auto pulled = pull(store, options.snapshot_path, po);
       if (!pulled.ok()) return pulled.status().with_context("publish: bringing the snapshot " + options.snapshot_path + " to version " + std::to_string(versions.back()));
       DWS_ASSIGN_OR_RETURN(Checkpoint snap, Checkpoint::open(options.snapshot_path));
@@ -593,11 +612,11 @@ Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, 
         m.base_state_digest = digest_hex(patch.header().base_state_digest);
         m.state_digest = digest_hex(patch.header().target_state_digest);
         m.changes = ps.changes;
-        DWS_ASSIGN_OR_RETURN(std::string h, file_xxh3(scratch));
         const std::string key = prefix + "delta.dwsp";
+        DWS_ASSIGN_OR_RETURN(VersionFile f, describe_file(scratch, key, "delta", "", options.auth != nullptr));
         DWS_RETURN_IF_ERROR(store.put_file(key, scratch));
         uploaded.push_back(key);
-        m.files.push_back({key, "delta", "", ps.patch_file_bytes, h});
+        m.files.push_back(std::move(f));
         result.has_delta = true;
         result.delta_bytes = ps.patch_file_bytes;
         result.changes = ps.changes;
@@ -616,10 +635,10 @@ Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, 
       if (m.state_digest.empty()) {
         DWS_ASSIGN_OR_RETURN(m.state_digest, checkpoint_state_digest(cp, options.patch.threads));
       }
-      DWS_RETURN_IF_ERROR(upload_anchor(store, cp, prefix, m, uploaded, result));
+      DWS_RETURN_IF_ERROR(upload_anchor(store, cp, prefix, m, uploaded, result, options.auth));
     }
     // The commit point.
-    const std::string text = serialize_manifest(m);
+    const std::string text = serialize_manifest(m, options.auth);
     DWS_RETURN_IF_ERROR(store.put_if_absent(manifest_key(m.version),
                                             std::span(reinterpret_cast<const std::byte*>(text.data()), text.size())));
     return Status::Ok();
@@ -638,6 +657,7 @@ Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, 
   PullOptions po;
   po.version = m.version;
   po.threads = options.patch.threads;
+  po.auth = options.auth;
   auto pulled = pull(store, options.snapshot_path, po);
   if (!pulled.ok()) return pulled.status().with_context("publish: version " + std::to_string(m.version) + " committed, but updating the snapshot failed");
   return result;
@@ -650,7 +670,7 @@ Result<PublishResult> publish_prepared(Store& store, const PublishPreparedOption
   DWS_ASSIGN_OR_RETURN(std::vector<uint64_t> versions, list_versions(store));
   std::optional<VersionManifest> latest;
   if (!versions.empty()) {
-    DWS_ASSIGN_OR_RETURN(latest, read_manifest(store, versions.back()));
+    DWS_ASSIGN_OR_RETURN(latest, read_manifest(store, versions.back(), options.auth));
     if (options.step && latest->step == options.step) return already_published(*latest);
     if (latest->writers > 1) {
       return make_error(ErrorCode::kInvalidArgument, "publish: version " + std::to_string(versions.back()) + " was published by " +
@@ -701,17 +721,17 @@ Result<PublishResult> publish_prepared(Store& store, const PublishPreparedOption
   std::vector<std::string> uploaded;
   Status st = [&]() -> Status {
     if (patch) {
-      DWS_ASSIGN_OR_RETURN(std::string h, file_xxh3(options.patch_path));
       const std::string key = prefix + "delta.dwsp";
+      DWS_ASSIGN_OR_RETURN(VersionFile f, describe_file(options.patch_path, key, "delta", "", options.auth != nullptr));
       DWS_RETURN_IF_ERROR(store.put_file(key, options.patch_path));
       uploaded.push_back(key);
-      m.files.push_back({key, "delta", "", patch->file_size_bytes(), h});
+      m.files.push_back(std::move(f));
       result.has_delta = true;
       result.delta_bytes = patch->file_size_bytes();
       result.changes = m.changes;
     }
-    if (cp) DWS_RETURN_IF_ERROR(upload_anchor(store, *cp, prefix, m, uploaded, result));
-    const std::string text = serialize_manifest(m);
+    if (cp) DWS_RETURN_IF_ERROR(upload_anchor(store, *cp, prefix, m, uploaded, result, options.auth));
+    const std::string text = serialize_manifest(m, options.auth);
     return store.put_if_absent(manifest_key(m.version), std::span(reinterpret_cast<const std::byte*>(text.data()), text.size()));
   }();
   if (!st.ok()) {
@@ -722,32 +742,35 @@ Result<PublishResult> publish_prepared(Store& store, const PublishPreparedOption
   return result;
 }
 
-Result<VerifyReport> verify_store(Store& store, std::optional<uint64_t> version, bool full, size_t threads) {
+Result<VerifyReport> verify_store(Store& store, std::optional<uint64_t> version, bool full, size_t threads,
+                                  const AuthKey* auth) {
   VerifyReport report;
   DWS_ASSIGN_OR_RETURN(std::vector<uint64_t> versions, list_versions(store));
   std::map<uint64_t, VersionManifest> manifests;
   for (uint64_t v : versions) {
     if (version && v != *version) continue;
     report.versions_checked.push_back(v);
-    auto m = read_manifest(store, v);
+    auto m = read_manifest(store, v, auth);
     if (!m.ok()) {
       report.problems.push_back("version " + std::to_string(v) + ": " + m.status().to_string());
       continue;
     }
     for (const auto& f : m->files) {
-      auto got = object_size_and_xxh3(store, f.key);
+      auto got = describe_object(store, f.key, auth != nullptr);
       if (!got.ok()) {
         report.problems.push_back("version " + std::to_string(v) + ": " + f.key + ": " + got.status().to_string());
         continue;
       }
-      const auto& [size, h] = *got;
-      if (size != f.size_bytes || h != f.xxh3) {
-        report.problems.push_back("version " + std::to_string(v) + ": " + f.key + " is " + std::to_string(size) +
-                                  " bytes hashing to " + h + "; the manifest says " + std::to_string(f.size_bytes) + ", " + f.xxh3);
+      if (got->size_bytes != f.size_bytes || got->xxh3 != f.xxh3) {
+        report.problems.push_back("version " + std::to_string(v) + ": " + f.key + " is " + std::to_string(got->size_bytes) +
+                                  " bytes hashing to " + got->xxh3 + "; the manifest says " + std::to_string(f.size_bytes) + ", " + f.xxh3);
+      } else if (auth && got->sha256 != f.sha256) {
+        report.problems.push_back("version " + std::to_string(v) + ": " + f.key + " has SHA-256 " + got->sha256 +
+                                  "; the signed manifest says " + f.sha256);
       }
     }
     if (m->base_version) {
-      auto prev = read_manifest(store, *m->base_version);
+      auto prev = read_manifest(store, *m->base_version, auth);
       if (!prev.ok() && prev.status().code() == ErrorCode::kNotFound && m->has_anchor) {
         // The base was retired (gc); the version starts its chain from its own anchor.
       } else if (!prev.ok()) {
@@ -771,6 +794,7 @@ Result<VerifyReport> verify_store(Store& store, std::optional<uint64_t> version,
       PullOptions po;
       po.version = v;
       po.threads = threads;
+      po.auth = auth;
       auto r = pull(store, local, po);
       if (!r.ok()) {
         report.problems.push_back("version " + std::to_string(v) + ": rebuilding it failed: " + r.status().to_string());

@@ -14,20 +14,24 @@ namespace dws::sync_util {
 
 std::string random_token();                             // 16 hex digits, for unique object prefixes
 uint64_t now_unix_ms();
-Result<std::string> file_xxh3(const std::string& path);  // XXH3-128 hex of a local file
+// A version's file read from local disk: size, XXH3-128 and, with_sha256 (signed versions), SHA-256,
+// in one pass; key, role and name as given.
+Result<VersionFile> describe_file(const std::string& path, std::string key, std::string role, std::string name, bool with_sha256);
 Result<std::string> checkpoint_state_digest(const Checkpoint& cp, size_t threads);
 void remove_quietly(const std::string& path);           // file or tree; errors ignored
 std::string sidecar_path(const std::string& local_path);
 std::string without_trailing_slashes(std::string path);  // "dir/" -> "dir"; "/" stays
 // A hidden scratch path next to `local` (same filesystem, so renames into place are atomic).
 std::string scratch_path(const std::string& local, const std::string& what);
-// Downloads a version's file and checks its size and XXH3 against the manifest (E_PAYLOAD_HASH; removed then).
-Status download_verified(Store& store, const VersionFile& f, const std::string& path);
+// Downloads a version's file and checks its size and XXH3 against the manifest (E_PAYLOAD_HASH), and
+// with `auth` its SHA-256 (E_AUTH); the file is removed on failure.
+Status download_verified(Store& store, const VersionFile& f, const std::string& path, const AuthKey* auth);
 // publish() for one of several writers (writers.cc).
 // The result of a publish whose step the store's latest version `m` already carries.
 PublishResult already_published(const VersionManifest& m);
 Result<PublishResult> publish_part(Store& store, const std::string& checkpoint_path, const PublishOptions& options);
-// The size and XXH3-128 hex of a store object, read in bounded ranges (memory stays at one chunk).
-Result<std::pair<uint64_t, std::string>> object_size_and_xxh3(Store& store, std::string_view key);
+// The size, XXH3-128 and (with_sha256) SHA-256 of a store object, read in bounded ranges (memory stays
+// at one chunk).
+Result<VersionFile> describe_object(Store& store, std::string_view key, bool with_sha256);
 
 }  // namespace dws::sync_util

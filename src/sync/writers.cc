@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 
 #include "core/file_io.h"
+#include "core/sha256.h"
 #include "dws/notify.h"
 #include "patch/patch_internal.h"
 #include "sync/keys.h"
@@ -55,17 +56,13 @@ Status bad_part(const std::string& what, const std::string& msg) {
   return make_error(ErrorCode::kPatchMetadata, "part " + what + ": " + msg);
 }
 
-json file_json(const VersionFile& f) {
-  return {{"key", f.key}, {"role", f.role}, {"name", f.name}, {"size_bytes", f.size_bytes}, {"xxh3", f.xxh3}};
-}
-
-std::string serialize_part(const Part& p) {
+std::string serialize_part(const Part& p, const AuthKey* auth) {
   json doc = {{"format", "dws-part"}, {"version", p.version}, {"writer", p.writer}, {"writers", p.writers},
               {"changes", p.changes}, {"elements", p.elements}, {"model_bytes", p.model_bytes}};
   if (p.base_version) doc["base_version"] = *p.base_version;
   if (p.step) doc["step"] = *p.step;
-  if (p.delta) doc["delta"] = file_json(*p.delta);
-  if (p.anchor) doc["anchor"] = file_json(*p.anchor);
+  if (p.delta) doc["delta"] = file_entry_json(*p.delta);
+  if (p.anchor) doc["anchor"] = file_entry_json(*p.anchor);
   json tensors = json::array();
   for (const PartTensor& t : p.tensors) {
     json e = {{"name", t.name}, {"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"target", digest_hex(t.target)}};
@@ -73,14 +70,17 @@ std::string serialize_part(const Part& p) {
     tensors.push_back(std::move(e));
   }
   doc["tensors"] = std::move(tensors);
+  if (auth) sign_document(doc, *auth);
   return doc.dump() + "\n";
 }
 
 // Parses a part document from the store (hostile bytes: every field is checked).
-Result<Part> parse_part(std::string_view text, const std::string& what, uint64_t version) {
+Result<Part> parse_part(std::string_view text, const std::string& what, uint64_t version, const AuthKey* auth) {
   Part p;
   try {
     const json doc = json::parse(text);
+    if (!doc.is_object()) return bad_part(what, "not a JSON object");
+    DWS_RETURN_IF_ERROR(check_document(doc, auth, "part " + what));
     if (doc.at("format") != "dws-part") return bad_part(what, "not a dws-part document");
     p.version = doc.at("version").get<uint64_t>();
     p.writer = doc.at("writer").get<uint32_t>();
@@ -93,8 +93,8 @@ Result<Part> parse_part(std::string_view text, const std::string& what, uint64_t
     for (const char* role : {"delta", "anchor"}) {
       if (!doc.contains(role)) continue;
       const json& f = doc.at(role);
-      VersionFile vf{f.at("key").get<std::string>(), f.at("role").get<std::string>(), f.at("name").get<std::string>(),
-                     f.at("size_bytes").get<uint64_t>(), f.at("xxh3").get<std::string>()};
+      VersionFile vf{f.at("key").get<std::string>(), f.at("role").get<std::string>(), f.at("name").get<std::string>(), 0, "", ""};
+      if (Status st = read_file_hashes(f, vf, auth); !st.ok()) return st.with_context("part " + what);
       if (Status st = check_store_key(vf.key); !st.ok()) return bad_part(what, st.message());
       if (vf.key.rfind(version_prefix(version), 0) != 0) return bad_part(what, "file " + vf.key + " lies outside its version");
       if (vf.role != role) return bad_part(what, "file role '" + vf.role + "' under '" + role + "'");
@@ -130,13 +130,13 @@ Result<Part> parse_part(std::string_view text, const std::string& what, uint64_t
 }
 
 // The committed parts of `version` (in writer order).
-Result<std::vector<Part>> read_parts(Store& store, uint64_t version) {
+Result<std::vector<Part>> read_parts(Store& store, uint64_t version, const AuthKey* auth) {
   DWS_ASSIGN_OR_RETURN(std::vector<ObjectInfo> objects, store.list(parts_prefix(version)));
   std::vector<Part> parts;
   for (const ObjectInfo& o : objects) {
     if (o.size_bytes > kMaxManifestBytes) return bad_part(o.key, "larger than " + std::to_string(kMaxManifestBytes) + " bytes");
     DWS_ASSIGN_OR_RETURN(std::vector<std::byte> bytes, store.get(o.key, kMaxManifestBytes));
-    DWS_ASSIGN_OR_RETURN(Part p, parse_part(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), o.key, version));
+    DWS_ASSIGN_OR_RETURN(Part p, parse_part(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), o.key, version, auth));
     if (o.key != part_key(version, p.writer, p.writers)) return bad_part(o.key, "its content names another writer");
     parts.push_back(std::move(p));
   }
@@ -163,7 +163,7 @@ Result<bool> parts_complete(const std::vector<Part>& parts) {
 }
 
 // Merges the K parts of a version and commits it. Ok when this call or another merger committed it.
-Status merge_version(Store& store, const std::vector<Part>& parts, const std::string& scratch_dir) {
+Status merge_version(Store& store, const std::vector<Part>& parts, const std::string& scratch_dir, const AuthKey* auth) {
   const Part& first = parts.front();
   const uint64_t version = first.version;
   const uint32_t k = first.writers;
@@ -214,7 +214,7 @@ Status merge_version(Store& store, const std::vector<Part>& parts, const std::st
       std::vector<Patch> patches;
       for (const Part& p : parts) {
         scratch_files.push_back(scratch_dir + "/.dws-merge-" + random_token() + ".dwsp");
-        DWS_RETURN_IF_ERROR(download_verified(store, *p.delta, scratch_files.back()));
+        DWS_RETURN_IF_ERROR(download_verified(store, *p.delta, scratch_files.back(), auth));
         DWS_ASSIGN_OR_RETURN(Patch patch, Patch::open(scratch_files.back()));
         DWS_RETURN_IF_ERROR(patch.verify_payload_hashes(1));
         if (patch.header().target_layout.shards.size() != 1 || !patch.header().removed.empty()) {
@@ -249,11 +249,11 @@ Status merge_version(Store& store, const std::vector<Part>& parts, const std::st
       const std::string merged = scratch_files.back();
       DWS_RETURN_IF_ERROR(write_patch_file(merged, header, writes));
       DWS_ASSIGN_OR_RETURN(Patch check, Patch::open(merged));  // the merged file must parse as any patch does
-      DWS_ASSIGN_OR_RETURN(std::string h, file_xxh3(merged));
       const std::string key = prefix + "delta.dwsp";
+      DWS_ASSIGN_OR_RETURN(VersionFile f, describe_file(merged, key, "delta", "", auth != nullptr));
       DWS_RETURN_IF_ERROR(store.put_file(key, merged));
       uploaded.push_back(key);
-      m.files.push_back({key, "delta", "", check.file_size_bytes(), h});
+      m.files.push_back(std::move(f));
     }
     // An anchor when every writer sent its shard: the K shards plus an index naming them.
     if (std::all_of(parts.begin(), parts.end(), [](const Part& p) { return p.anchor.has_value(); })) {
@@ -269,13 +269,14 @@ Status merge_version(Store& store, const std::vector<Part>& parts, const std::st
       const auto bytes = std::as_bytes(std::span(index.data(), index.size()));
       DWS_RETURN_IF_ERROR(store.put(key, bytes));
       uploaded.push_back(key);
-      m.files.push_back({key, "anchor", std::string(kIndexFileName), index.size(), digest_hex(digest_bytes(bytes))});
+      m.files.push_back({key, "anchor", std::string(kIndexFileName), index.size(), digest_hex(digest_bytes(bytes)),
+                         auth ? sha256_hex(bytes) : ""});
       m.has_anchor = true;
     }
     if (!m.has_anchor && !m.base_version) {
       return make_error(ErrorCode::kInvalidArgument, "version " + std::to_string(version) + " has no base, so every writer must send an anchor");
     }
-    const std::string text = serialize_manifest(m);
+    const std::string text = serialize_manifest(m, auth);
     return store.put_if_absent(manifest_key(version), std::as_bytes(std::span(text.data(), text.size())));
   }();
   if (st.ok()) uploaded.clear();  // committed: the files belong to the version
@@ -319,13 +320,13 @@ Result<PublishResult> publish_part(Store& store, const std::string& checkpoint_p
     DWS_ASSIGN_OR_RETURN(versions, list_versions(store));
     version = versions.empty() ? 0 : versions.back() + 1;
     if (options.step && !versions.empty()) {
-      DWS_ASSIGN_OR_RETURN(VersionManifest latest, read_manifest(store, versions.back()));
+      DWS_ASSIGN_OR_RETURN(VersionManifest latest, read_manifest(store, versions.back(), options.auth));
       if (latest.step == options.step) return already_published(latest);
     }
-    DWS_ASSIGN_OR_RETURN(std::vector<Part> parts, read_parts(store, version));
+    DWS_ASSIGN_OR_RETURN(std::vector<Part> parts, read_parts(store, version, options.auth));
     DWS_ASSIGN_OR_RETURN(bool complete, parts_complete(parts));
     if (complete) {
-      DWS_RETURN_IF_ERROR(merge_version(store, parts, scratch_dir));
+      DWS_RETURN_IF_ERROR(merge_version(store, parts, scratch_dir, options.auth));
       continue;
     }
     for (const Part& p : parts) {
@@ -380,7 +381,7 @@ Result<PublishResult> publish_part(Store& store, const std::string& checkpoint_p
       const std::vector<Digest128> target_digests = tensor_digests(cp, options.patch.threads);
       for (size_t i = 0; i < cp.tensors().size(); ++i) part.tensors[i].target = target_digests[i];
     } else {
-      DWS_ASSIGN_OR_RETURN(VersionManifest latest, read_manifest(store, versions.back()));
+      DWS_ASSIGN_OR_RETURN(VersionManifest latest, read_manifest(store, versions.back(), options.auth));
       if (latest.writers != k) {
         return make_error(ErrorCode::kInvalidArgument, "publish: version " + std::to_string(versions.back()) + " was published by " +
                                                            std::to_string(latest.writers) + " writer(s), not " + std::to_string(k));
@@ -388,6 +389,7 @@ Result<PublishResult> publish_part(Store& store, const std::string& checkpoint_p
       PullOptions po;
       po.version = versions.back();
       po.threads = options.patch.threads;
+      po.auth = options.auth;
       auto pulled = pull(store, options.snapshot_path, po);
       if (!pulled.ok()) return pulled.status().with_context("publish: bringing the snapshot " + options.snapshot_path + " to version " + std::to_string(versions.back()));
       DWS_ASSIGN_OR_RETURN(Checkpoint snap, Checkpoint::open(options.snapshot_path + "/" + shard_name));
@@ -420,33 +422,29 @@ Result<PublishResult> publish_part(Store& store, const std::string& checkpoint_p
       }
       part.base_version = versions.back();
       part.changes = ps.changes;
-      DWS_ASSIGN_OR_RETURN(std::string h, file_xxh3(scratch));
       const std::string key = prefix + "part.dwsp";
+      DWS_ASSIGN_OR_RETURN(part.delta, describe_file(scratch, key, "delta", "", options.auth != nullptr));
       DWS_RETURN_IF_ERROR(store.put_file(key, scratch));
       uploaded.push_back(key);
-      part.delta = VersionFile{key, "delta", "", ps.patch_file_bytes, h};
       result.has_delta = true;
       result.delta_bytes = ps.patch_file_bytes;
       result.changes = ps.changes;
       remove_quietly(scratch);
     }
     if (versions.empty() || options.anchor || (options.anchor_every > 0 && version % options.anchor_every == 0)) {
-      DWS_ASSIGN_OR_RETURN(std::string h, file_xxh3(cp.path()));
-      struct stat sb {};
-      if (::stat(cp.path().c_str(), &sb) != 0) return make_error(ErrorCode::kIo, "publish: stat " + cp.path() + ": " + io::errno_text(errno));
       const std::string key = prefix + "anchor/" + shard_name;
+      DWS_ASSIGN_OR_RETURN(part.anchor, describe_file(cp.path(), key, "anchor", shard_name, options.auth != nullptr));
       DWS_RETURN_IF_ERROR(store.put_file(key, cp.path()));
       uploaded.push_back(key);
-      part.anchor = VersionFile{key, "anchor", shard_name, static_cast<uint64_t>(sb.st_size), h};
       result.has_anchor = true;
-      result.anchor_bytes = static_cast<uint64_t>(sb.st_size);
+      result.anchor_bytes = part.anchor->size_bytes;
     }
-    const std::string text = serialize_part(part);
+    const std::string text = serialize_part(part, options.auth);
     DWS_RETURN_IF_ERROR(store.put_if_absent(part_key(version, me, k), std::as_bytes(std::span(text.data(), text.size()))));
     uploaded.clear();  // committed: the part's files now belong to the version
-    DWS_ASSIGN_OR_RETURN(std::vector<Part> parts, read_parts(store, version));
+    DWS_ASSIGN_OR_RETURN(std::vector<Part> parts, read_parts(store, version, options.auth));
     DWS_ASSIGN_OR_RETURN(bool complete, parts_complete(parts));
-    if (complete) DWS_RETURN_IF_ERROR(merge_version(store, parts, scratch_dir));
+    if (complete) DWS_RETURN_IF_ERROR(merge_version(store, parts, scratch_dir, options.auth));
     return Status::Ok();
   }();
   if (!st.ok()) {
@@ -457,7 +455,7 @@ Result<PublishResult> publish_part(Store& store, const std::string& checkpoint_p
   DWS_ASSIGN_OR_RETURN(std::vector<uint64_t> now, list_versions(store));
   result.committed = !now.empty() && now.back() >= version;
   if (result.committed) {
-    DWS_ASSIGN_OR_RETURN(VersionManifest m, read_manifest(store, version));
+    DWS_ASSIGN_OR_RETURN(VersionManifest m, read_manifest(store, version, options.auth));
     result.state_digest = m.state_digest;
     if (!options.notify_urls.empty()) {
       result.notify_failures = notify_receivers(options.notify_urls, version, options.notify_token, options.notify_timeout_seconds);

@@ -170,8 +170,9 @@ def main():
         pub.close()
     tracked_mode(rng)
     sharded_writers(rng)
+    authenticated(rng)
     print("python api: publish/publish_async/back-pressure, pull into memory in O(changes), late join, audit, "
-          "errors, follow, tracked mode, sharded writers: all checks passed")
+          "errors, follow, tracked mode, sharded writers, signed versions: all checks passed")
 
 
 def tracked_mode(rng):
@@ -287,6 +288,49 @@ def sharded_writers(rng):
             mirror = {k: np.zeros_like(x) for k, x in states[v].items()}
             r = sub.pull(into=mirror, version=v)
             check(r["version"] == v and same_bits(mirror, states[v]), f"sharded version {v} differs")
+
+
+def authenticated(rng):
+    """Signed versions: a subscriber with the trainer's secret file follows them; one with another
+    secret is refused with AuthenticationError (a PermissionError) and its mapping stays as it was."""
+    with tempfile.TemporaryDirectory() as d:
+        secret, other = os.path.join(d, "secret"), os.path.join(d, "other")
+        with open(secret, "w") as f:
+            f.write("python-secret-0123456789abcdef\n")
+        with open(other, "w") as f:
+            f.write("another-secret-0123456789abcdef\n")
+        store = os.path.join(d, "store")
+        state = model(rng)
+        for tracked in (False, True):
+            kw = {"tracker": dws.ChangeTracker()} if tracked else {}
+            pub = dws.Publisher(os.path.join(store, str(tracked)), snapshot=os.path.join(d, f"snap{tracked}", "s.safetensors"),
+                                secret_file=secret, **kw)
+            published = {k: v.copy() for k, v in state.items()}
+            pub.publish(published, step=0)
+            ok = dws.Subscriber(os.path.join(store, str(tracked)), os.path.join(d, f"ok{tracked}"), secret_file=secret)
+            mirror = {k: np.zeros_like(v) for k, v in state.items()}
+            check(ok.pull(into=mirror)["version"] == 0 and same_bits(mirror, state), "signed version 0")
+            train_step(state, rng)
+            if tracked:
+                pub.tracker.copy_(published, state)
+            else:
+                published = {k: v.copy() for k, v in state.items()}
+            pub.publish(published, step=1)
+            check(ok.pull(into=mirror)["version"] == 1 and same_bits(mirror, state), "signed version 1")
+            bad = dws.Subscriber(os.path.join(store, str(tracked)), os.path.join(d, f"bad{tracked}"), secret_file=other)
+            untouched = {k: np.zeros_like(v) for k, v in state.items()}
+            try:
+                bad.pull(into=untouched)
+                check(False, "a version signed with another secret was taken")
+            except dws.AuthenticationError as e:
+                check(isinstance(e, PermissionError) and "python-secret" not in str(e), f"error: {e!r}")
+            check(all(not v.any() for v in untouched.values()), "a refused pull wrote into the mapping")
+            pub.close()
+        try:
+            dws.Subscriber(store, os.path.join(d, "x"), secret_file=os.path.join(d, "missing"))
+            check(False, "a missing secret file was accepted")
+        except dws.NotFoundError:
+            pass
 
 
 def pub_state_digest(state):
