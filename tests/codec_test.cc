@@ -149,6 +149,20 @@ TEST(Codec, XorZstdMismatchedChangeCountIsRefused) {
   auto e = *codec::encode_tensor(Encoding::kXorZstd, {DType::kF32, base.bytes, next.bytes, positions}, base.shape, {});
   e.changes -= 1;
   EXPECT_EQ(decode(e, DType::kF32, 999, base.bytes).status().code(), ErrorCode::kPatchMetadata);
+  // Regression (fuzz_decode): the sink must never see more changes than declared, even transiently;
+  // xor_zstd counted only after decoding everything, handing the sink up to every element meanwhile.
+  for (uint64_t declared : {uint64_t{0}, uint64_t{1}, e.changes / 2}) {
+    uint64_t seen = 0;
+    std::vector<uint64_t> payload_shape{e.payloads[0].bytes.size()};
+    const codec::PayloadView view{e.payloads[0].role, e.payloads[0].dtype, payload_shape, e.payloads[0].bytes};
+    Status st = codec::decode_changes({Encoding::kXorZstd, DType::kF32, 999, declared, DType::kU8}, std::span(&view, 1), base.bytes,
+                                      [&](std::span<const uint64_t> pos, std::span<const std::byte>) {
+                                        seen += pos.size();
+                                        return Status::Ok();
+                                      });
+    EXPECT_EQ(st.code(), ErrorCode::kPatchMetadata) << declared;
+    EXPECT_LE(seen, declared);
+  }
 }
 
 }  // namespace

@@ -395,6 +395,10 @@ Status decode_xor_zstd(const DecodeParams& p, std::span<const std::byte> z, std:
       for (size_t b = 0; b < w; ++b) nonzero |= x[b] != std::byte{0};
       if (!nonzero) continue;
       const uint64_t pos = first + k;
+      if (checker.count() == p.changes) {
+        return make_error(ErrorCode::kPatchMetadata, "xor_zstd holds more than the " + std::to_string(p.changes) +
+                                                         " changes its metadata declares");
+      }
       DWS_RETURN_IF_ERROR(checker.push(pos));
       for (size_t b = 0; b < w; ++b) values.push_back(operands ? x[b] : base[pos * w + b] ^ x[b]);
       if (checker.full()) {

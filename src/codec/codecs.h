@@ -2,7 +2,8 @@
 //
 // Contract shared by all decoders: payload bytes are hostile. A decoder checks every size against the
 // declared change count and tensor size before allocating, and every position for range and strict
-// ascent; on the first violation it returns an error, having passed only validated changes to the sink.
+// ascent; on the first violation it returns an error, having passed only validated changes to the sink,
+// and never more changes than the declared count (found by fuzz_decode: xor_zstd checked it only at the end).
 // Callers that need all-or-nothing behaviour (apply) validate by decoding fully before writing.
 #pragma once
 

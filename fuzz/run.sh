@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets (clang, ASan+UBSan, build-fuzz/), seeds their corpora from
+# trajectory-small (fuzz/make_seeds.cc), replays every past crash in fuzz/regressions/<target>/, then
+# fuzzes each target for SECONDS (default 30; scripts/test.sh runs this short form, DWS_FUZZ_SECONDS or
+# the argument sets the long one, e.g. `bash fuzz/run.sh 3600`). The corpus grows in build-fuzz/corpus/
+# across runs. Prints executions and crashes per target (build-fuzz/fuzz-report.json); exits 1 on any
+# crash, leaving the input in build-fuzz/crashes/ (add it to fuzz/regressions/<target>/ with the fix).
+# DWS_FUZZ_RUNS=N stops each target after N executions; DWS_FUZZ_TARGETS="a b" picks targets.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_PER_TARGET="${1:-${DWS_FUZZ_SECONDS:-30}}"
+JOBS="${DWS_FUZZ_JOBS:-1}"  # parallel fuzzing processes per target
+RUNS="${DWS_FUZZ_RUNS:--1}"  # stop a target after this many executions (-1: only the time limit)
+read -r -a TARGETS <<< "${DWS_FUZZ_TARGETS:-fuzz_safetensors fuzz_patch fuzz_apply fuzz_decode fuzz_manifest}"
+B=build-fuzz
+if ! command -v clang++ >/dev/null || [ ! -e "$(clang++ -print-resource-dir)/lib/linux/libclang_rt.fuzzer-x86_64.a" ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq clang libclang-rt-dev >/dev/null
+fi
+if [ ! -f "$B/CMakeCache.txt" ]; then
+  CC=clang CXX=clang++ cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDWS_FUZZ=ON -DDWS_CUDA=OFF \
+    -DDWS_PYTHON_MODULE=OFF -DDWS_BUILD_TESTS=OFF -DDWS_BUILD_BENCH=OFF >/dev/null
+fi
+cmake --build "$B" -j "$(nproc)" --target "${TARGETS[@]}" make_seeds
+rm -rf "$B/seeds"
+"$B/fuzz/make_seeds" "$B/seeds"
+mkdir -p "$B/crashes" "$B/logs"
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+status=0
+report="["
+for t in "${TARGETS[@]}"; do
+  # Past crashes first: each must now run clean.
+  if compgen -G "fuzz/regressions/$t/*" >/dev/null; then
+    if ! "$B/fuzz/$t" fuzz/regressions/"$t"/* >"$B/logs/$t-regressions.txt" 2>&1; then
+      echo "fuzz: $t: a regression input crashes again (see $B/logs/$t-regressions.txt)"
+      status=1
+    fi
+  fi
+  mkdir -p "$B/corpus/$t"
+  log="$B/logs/$t.txt"
+  rc=0
+  touch "$log.start"
+  "$B/fuzz/$t" -max_total_time="$SECONDS_PER_TARGET" -runs="$RUNS" -print_final_stats=1 -timeout=20 -rss_limit_mb=2048 -max_len=65536 \
+    -jobs="$JOBS" -workers="$JOBS" -artifact_prefix="$B/crashes/$t-" "$B/corpus/$t" "$B/seeds/$t" >"$log" 2>&1 || rc=$?
+  # With -jobs the stats are in fuzz-<n>.log files of the working directory.
+  execs=$(cat "$log" fuzz-*.log 2>/dev/null | awk '/stat::number_of_executed_units/ {s += $2} END {print s + 0}')
+  rm -f fuzz-*.log
+  crashes=$(find "$B/crashes" -name "$t-*" -newer "$log.start" 2>/dev/null | wc -l || true)
+  [ "$rc" -eq 0 ] || crashes=$((crashes > 0 ? crashes : 1))
+  corpus=$(find "$B/corpus/$t" -type f | wc -l)
+  printf 'fuzz: %-17s %12d executions in %ss, %d crashes, corpus %d inputs\n' "$t" "$execs" "$SECONDS_PER_TARGET" "$crashes" "$corpus"
+  report+="{\"target\":\"$t\",\"seconds\":$SECONDS_PER_TARGET,\"executions\":$execs,\"crashes\":$crashes,\"corpus\":$corpus},"
+  if [ "$crashes" -ne 0 ]; then
+    echo "fuzz: $t crashed; the input is in $B/crashes/, the log in $log:"
+    grep -m1 -A12 -E "ERROR|runtime error|deadly signal" "$log" || tail -20 "$log"
+    status=1
+  fi
+done
+echo "${report%,}]" > "$B/fuzz-report.json"
+exit $status
