@@ -85,6 +85,8 @@ Result<SafetensorsHeader> parse_safetensors(std::span<const std::byte> file_byte
       return header_error(ErrorCode::kHeaderJson, ctx + ": name is " + std::to_string(key.size()) +
                                                       " bytes, above the limit of " + std::to_string(limits.max_name_bytes));
     }
+    // A NUL would cut the name short wherever it meets a C string (logs, paths, other tools).
+    if (key.find('\0') != std::string::npos) return header_error(ErrorCode::kHeaderJson, ctx + ": name contains a NUL byte");
     if (!value.is_object()) return header_error(ErrorCode::kHeaderJson, ctx + " must be an object");
     for (auto& [field, _] : value.items()) {
       if (field != "dtype" && field != "shape" && field != "data_offsets") {
