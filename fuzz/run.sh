@@ -12,7 +12,7 @@ SECONDS_PER_TARGET="${1:-${DWS_FUZZ_SECONDS:-30}}"
 JOBS="${DWS_FUZZ_JOBS:-1}"  # parallel fuzzing processes per target
 RUNS="${DWS_FUZZ_RUNS:--1}"  # stop a target after this many executions (-1: only the time limit)
 read -r -a TARGETS <<< "${DWS_FUZZ_TARGETS:-fuzz_safetensors fuzz_patch fuzz_apply fuzz_decode fuzz_manifest}"
-B=build-fuzz
+B="${DWS_FUZZ_BUILD:-build-fuzz}"  # scripts/sanitize.sh asan reuses its build-asan (configured with DWS_FUZZ)
 if ! command -v clang++ >/dev/null || [ ! -e "$(clang++ -print-resource-dir)/lib/linux/libclang_rt.fuzzer-x86_64.a" ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
