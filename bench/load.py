@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -129,7 +128,7 @@ def run_store(args, kind, work, env):
         k += 1
         commits[v] = (b, step)
         publish_seconds.append(b - a)
-        next_at = max(next_at + (1.0 / args.rate if args.rate > 0 else 0), b) if args.rate > 0 else b
+        next_at = max(next_at + 1.0 / args.rate, b) if args.rate > 0 else b
     elapsed = time.monotonic() - t0
     last = v
     # Let the receivers catch up to the last version (bounded).
@@ -144,7 +143,7 @@ def run_store(args, kind, work, env):
     problems = []
     if sorted(versions) != list(range(last + 1)):
         problems.append(f"{kind}: the store holds versions {sorted(versions)[:5]}..., not 0..{last}")
-    for ver, (_, step) in commits.items():
+    for ver in commits:
         if ver not in versions:
             problems.append(f"{kind}: version {ver} lost")
     lags, pulls, rss_growth = [], [], []  # pulls: reports (pulls that reached a new version) per receiver

@@ -10,6 +10,7 @@
 
 #include "codec/codecs.h"
 #include "dws/checkpoint.h"
+#include "dws/diff.h"
 #include "dws/digest.h"
 #include "dws/patch.h"
 
@@ -35,8 +36,7 @@ inline std::vector<Tensor> cropped_step(int step) {
     Tensor c{t.name, t.dtype, t.shape, {}};
     if (c.shape.size() == 2) c.shape[0] = std::min<uint64_t>(c.shape[0], 8);
     if (c.shape.size() == 1) c.shape[0] = std::min<uint64_t>(c.shape[0], 512);
-    uint64_t n = 1;
-    for (uint64_t d : c.shape) n *= d;
+    const uint64_t n = *checked_numel(c.shape);  // a cropped valid shape
     const auto bytes = cp->bytes(t);
     c.bytes.assign(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(n * dtype_size_bytes(t.dtype)));
     out.push_back(std::move(c));
@@ -50,11 +50,7 @@ inline Status write_model(const std::string& path, const std::vector<Tensor>& te
   return write_safetensors(path, writes, {});
 }
 
-inline uint64_t numel_of(const Tensor& t) {
-  uint64_t n = 1;
-  for (uint64_t d : t.shape) n *= d;
-  return n;
-}
+inline uint64_t numel_of(const Tensor& t) { return *checked_numel(t.shape); }
 
 // The encodings fuzz_decode drives (every modified-tensor encoding; kFull has no decoder).
 inline constexpr Encoding kDecodeEncodings[] = {Encoding::kIndices, Encoding::kGaps, Encoding::kGapsZstd, Encoding::kXorZstd,
@@ -110,14 +106,10 @@ inline std::vector<uint8_t> serialize_decode_input(size_t encoding_index, size_t
   return out;
 }
 
-// The reference encoding of cropped tensor i from step 0 to step 1 (its changed positions found by
-// comparing bits), or nullopt-like empty payloads when the tensor did not change.
+// The reference encoding of one cropped tensor between two steps (its changed positions
+// found by dws's exact diff); a tensor that did not change encodes zero changes.
 inline Result<codec::EncodedTensor> reference_encoding(Encoding enc, const Tensor& base, const Tensor& target) {
-  const size_t w = dtype_size_bytes(base.dtype);
-  std::vector<uint64_t> positions;
-  for (uint64_t i = 0; i < numel_of(base); ++i) {
-    if (std::memcmp(base.bytes.data() + i * w, target.bytes.data() + i * w, w) != 0) positions.push_back(i);
-  }
+  DWS_ASSIGN_OR_RETURN(std::vector<uint64_t> positions, diff_elements(base.bytes, target.bytes, dtype_size_bytes(base.dtype), 1));
   codec::EncodeInput input{base.dtype, base.bytes, target.bytes, positions};
   return codec::encode_tensor(enc, input, base.shape, {});
 }
