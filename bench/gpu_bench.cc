@@ -4,9 +4,12 @@
 //   diff        Differ::diff over all tensors (both passes, the scan, the one host sync, output allocation)
 //               vs one device-to-device copy of the model (the diff reads 2x the model, the copy reads and
 //               writes it: the same bytes move)
-//   to host     copying only the changes to the host
+//   diff        (the change set is refilled in place each run, as a trainer diffing every step would)
+//   to host     copying only the changes to pinned host memory
 //   scatter     apply_changes of the step into a device snapshot, vs the same copy
 //   scatter 1%  the same for a synthetic step changing 1% of elements by one ULP
+//   nccl        broadcast_changes of the step on this GPU, root to itself as a replica (the receiver's whole
+//               pipeline: header, counts, buckets of 64 MiB or 4 MiB into two slots, scatter on arrival) vs the copy
 //   patch apply apply_tensor of every tensor from a native patch file (host decode + upload + scatter) vs
 //               uploading the whole checkpoint from host memory
 #include <algorithm>
@@ -22,6 +25,7 @@
 #include "bench_util.h"
 #include "dws/checkpoint.h"
 #include "dws/gpu.h"
+#include "dws/gpu_broadcast.h"
 #include "dws/patch.h"
 
 namespace dws::bench {
@@ -115,9 +119,10 @@ int run_gpu_bench(const std::string& sims, int runs, const std::string& json_pat
   std::filesystem::create_directories(work);
 
   json out = {{"device", info.name}, {"multiprocessors", info.multiprocessors}, {"runs", runs}, {"rows", json::array()}};
-  std::printf("%-28s %8s %10s %9s %9s %9s %9s %10s %10s\n", "dataset", "density", "model MB", "diff", "to host", "scatter",
-              "scat 1%", "patch app", "payB/chg");
-  std::printf("%-28s %8s %10s %9s %9s %9s %9s %10s %10s\n", "", "", "", "x copy", "t/copy", "t/copy", "t/copy", "t/upload", "");
+  std::printf("%-28s %8s %10s %9s %9s %9s %9s %9s %9s %10s %10s\n", "dataset", "density", "model MB", "diff", "to host", "scatter",
+              "scat 1%", "nccl 64M", "nccl 4M", "patch app", "payB/chg");
+  std::printf("%-28s %8s %10s %9s %9s %9s %9s %9s %9s %10s %10s\n", "", "", "", "x copy", "t/copy", "t/copy", "t/copy", "t/copy",
+              "t/copy", "t/upload", "");
   for (const std::string& spec : split(sims, ',')) {
     if (spec.empty()) continue;
     std::fprintf(stderr, "dws_bench: simulating %s\n", spec.c_str());
@@ -139,9 +144,10 @@ int run_gpu_bench(const std::string& sims, int runs, const std::string& json_pat
 
     gpu::Differ differ;
     const auto inputs = inputs_of(d_base, d_target);
-    gpu::DeviceChangeSet changes;
-    const double diff_s = median_of(runs, [&] { changes = must(differ.diff(inputs, nullptr)); });
-    const double to_host_s = median_of(runs, [&] { (void)must(gpu::Differ::to_host(changes, nullptr)); });
+    gpu::DeviceChangeSet changes;  // refilled every step, as a trainer would
+    const double diff_s = median_of(runs, [&] { check(differ.diff(inputs, nullptr, changes)); });
+    gpu::HostChangeSet host_changes;
+    const double to_host_s = median_of(runs, [&] { check(gpu::Differ::to_host(changes, host_changes, nullptr)); });
     auto reset = [&] { check(gpu::copy(d_scratch.buffer.data(), d_base.buffer.data(), d_base.buffer.size_bytes(), nullptr)); };
     const double scatter_s = median_of(runs, [&] { check(gpu::apply_changes(d_scratch.tensors, changes, nullptr)); }, reset);
 
@@ -150,6 +156,30 @@ int run_gpu_bench(const std::string& sims, int runs, const std::string& json_pat
     DeviceModel d_step1 = upload_model(base, &step1);
     const gpu::DeviceChangeSet changes1 = must(differ.diff(inputs_of(d_base, d_step1), nullptr));
     const double scatter1_s = median_of(runs, [&] { check(gpu::apply_changes(d_scratch.tensors, changes1, nullptr)); }, reset);
+
+    // The NCCL transport on this one GPU: the root broadcasts the step's changes to itself as a replica,
+    // which runs the whole receiver pipeline (header, counts, buckets into two slots, scatter on arrival).
+    double nccl_s = 0, nccl_small_s = 0;
+    uint64_t nccl_bytes = 0, nccl_buckets_small = 0;
+    if (gpu::nccl_version().ok()) {
+      const int device = 0;
+      auto comms = must(gpu::Communicator::init_all({&device, 1}));
+      auto run = [&](uint64_t bucket_bytes) {
+        const auto st = must(gpu::broadcast_changes(comms[0], 0, &changes, d_scratch.tensors, {.bucket_bytes = bucket_bytes}));
+        nccl_bytes = st.bytes;
+        return st.buckets;
+      };
+      nccl_s = median_of(runs, [&] { (void)run(64ull << 20); }, reset);
+      nccl_small_s = median_of(runs, [&] { nccl_buckets_small = run(4ull << 20); }, reset);
+      for (size_t i = 0; i < target.tensors().size(); ++i) {  // the replica is the target, bit for bit
+        auto want = target.bytes(target.tensors()[i]);
+        std::vector<std::byte> have(want.size());
+        check(gpu::copy(have.data(), d_scratch.tensors[i].data, want.size(), nullptr));
+        if (std::memcmp(have.data(), want.data(), want.size()) != 0) {
+          die(make_error(ErrorCode::kTargetMismatch, "nccl broadcast did not reproduce the target"));
+        }
+      }
+    }
 
     // A receiver applying a native patch file into device tensors.
     const std::string patch_path = work + "/gpu.dwsp";
@@ -175,9 +205,9 @@ int run_gpu_bench(const std::string& sims, int runs, const std::string& json_pat
     const double density = static_cast<double>(changes.total) /
                            static_cast<double>(model_bytes / dtype_size_bytes(base.tensors()[0].dtype));
     const double pay = static_cast<double>(ps.payload_bytes) / static_cast<double>(std::max<uint64_t>(ps.changes, 1));
-    std::printf("%-28s %7.3f%% %10.1f %9.3f %9.3f %9.4f %9.4f %10.3f %10.3f\n", c.name.c_str(), 100 * density,
+    std::printf("%-28s %7.3f%% %10.1f %9.3f %9.3f %9.4f %9.4f %9.4f %9.4f %10.3f %10.3f\n", c.name.c_str(), 100 * density,
                 static_cast<double>(model_bytes) / 1e6, copy_s / diff_s, to_host_s / copy_s, scatter_s / copy_s,
-                scatter1_s / copy_s, patch_s / upload_s, pay);
+                scatter1_s / copy_s, nccl_s / copy_s, nccl_small_s / copy_s, patch_s / upload_s, pay);
     out["rows"].push_back({{"dataset", c.name},
                            {"tensors", base.tensors().size()},
                            {"model_bytes", model_bytes},
@@ -191,6 +221,10 @@ int run_gpu_bench(const std::string& sims, int runs, const std::string& json_pat
                            {"scatter_1pct_changes", changes1.total},
                            {"scatter_1pct_time_vs_device_copy", scatter1_s / copy_s},
                            {"native_patch_apply_time_vs_host_upload", patch_s / upload_s},
+                           {"nccl_broadcast_bytes", nccl_bytes},
+                           {"nccl_broadcast_64MiB_buckets_time_vs_device_copy", nccl_s / copy_s},
+                           {"nccl_broadcast_4MiB_buckets", nccl_buckets_small},
+                           {"nccl_broadcast_4MiB_buckets_time_vs_device_copy", nccl_small_s / copy_s},
                            {"native_payload_bytes_per_change", pay},
                            {"patch_apply_bit_exact", exact}});
     std::fflush(stdout);

@@ -66,6 +66,27 @@ class DeviceBuffer {
   uint64_t bytes_ = 0;
 };
 
+// Page-locked host memory owned by this object (cudaMallocHost / cudaFreeHost): the staging that lets
+// copies to and from the device run at the link's speed and asynchronously.
+class PinnedBuffer {
+ public:
+  static Result<PinnedBuffer> allocate(uint64_t bytes);
+  PinnedBuffer() = default;
+  PinnedBuffer(PinnedBuffer&& other) noexcept;
+  PinnedBuffer& operator=(PinnedBuffer&& other) noexcept;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  ~PinnedBuffer();
+  void* data() const { return data_; }
+  uint64_t size_bytes() const { return bytes_; }
+  // Grows to at least `bytes` (contents not kept); never shrinks.
+  Status reserve(uint64_t bytes);
+
+ private:
+  void* data_ = nullptr;
+  uint64_t bytes_ = 0;
+};
+
 // Copies between host and device (either direction, or device to device) and waits for the copy.
 Status copy(void* dst, const void* src, uint64_t bytes, Stream stream);
 Status synchronize(Stream stream);
@@ -79,7 +100,8 @@ struct DiffInput {
 };
 
 // The changes of several tensors, resident on the device in one set of buffers: per tensor, ascending
-// tensor-local positions and the base and target values there. Produced by Differ.
+// tensor-local positions and the base and target values there. Produced by Differ; a set passed back to
+// Differ::diff is refilled in place, its buffers reused while large enough (they only grow).
 struct DeviceChangeSet {
   struct Entry {
     DType dtype = DType::kU8;
@@ -95,11 +117,21 @@ struct DeviceChangeSet {
   DeviceBuffer target_values;
 };
 
-// The changes of one tensor, copied to the host.
-struct HostChanges {
-  std::vector<uint64_t> positions;
-  std::vector<std::byte> base_values;
-  std::vector<std::byte> target_values;
+// The changes of a DeviceChangeSet copied to page-locked host memory (three transfers, one per array),
+// viewed per tensor. Refilled in place by Differ::to_host, reusing its buffers.
+class HostChangeSet {
+ public:
+  size_t tensors() const { return entries_.size(); }
+  uint64_t total() const { return total_; }
+  std::span<const uint64_t> positions(size_t tensor) const;
+  std::span<const std::byte> base_values(size_t tensor) const;
+  std::span<const std::byte> target_values(size_t tensor) const;
+
+ private:
+  friend class Differ;
+  std::vector<DeviceChangeSet::Entry> entries_;
+  uint64_t total_ = 0;
+  PinnedBuffer positions_, base_values_, target_values_;
 };
 
 // Exact diff on the device (bitwise, like diff_elements) of many tensors at once. Pass 1, one launch over
@@ -116,8 +148,11 @@ class Differ {
 
   // Pointers must be aligned to their elements (16-byte alignment takes the vectorized path).
   Result<DeviceChangeSet> diff(std::span<const DiffInput> tensors, Stream stream);
-  // Copies only the changes to the host, one HostChanges per tensor.
-  static Result<std::vector<HostChanges>> to_host(const DeviceChangeSet& changes, Stream stream);
+  // The same into `out`, reusing its device buffers (a trainer diffing every step allocates nothing once
+  // they are large enough). On error `out` is left empty.
+  Status diff(std::span<const DiffInput> tensors, Stream stream, DeviceChangeSet& out);
+  // Copies only the changes to the host, into `out`'s pinned buffers (grown as needed); synchronizes.
+  static Status to_host(const DeviceChangeSet& changes, HostChangeSet& out, Stream stream);
 
  private:
   struct Scratch;
@@ -126,6 +161,7 @@ class Differ {
 
 // Writes the target values of `changes` into `tensors` (a snapshot kept on the device or in pinned host
 // memory; the same order and shapes as the diff's inputs), bringing it from base to target in O(changes).
+// One launch for all tensors (chunks of changes, each within one tensor). Asynchronous on `stream`.
 Status apply_changes(std::span<const DeviceTensor> tensors, const DeviceChangeSet& changes, Stream stream);
 
 struct ApplyTensorStats {

@@ -1,6 +1,7 @@
 // gpu.cc — dws/gpu.h on top of the CUDA-free kernel interface (kernels.h).
 #include "dws/gpu.h"
 
+#include <algorithm>
 #include <string>
 #include <utility>
 
@@ -62,6 +63,62 @@ DeviceBuffer::~DeviceBuffer() {
   if (data_ != nullptr) detail::free_device(data_);
 }
 
+Result<PinnedBuffer> PinnedBuffer::allocate(uint64_t bytes) {
+  PinnedBuffer b;
+  DWS_RETURN_IF_ERROR(b.reserve(bytes));
+  return b;
+}
+
+PinnedBuffer::PinnedBuffer(PinnedBuffer&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
+
+PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& other) noexcept {
+  if (this != &other) {
+    if (data_ != nullptr) detail::free_pinned(data_);
+    data_ = std::exchange(other.data_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+PinnedBuffer::~PinnedBuffer() {
+  if (data_ != nullptr) detail::free_pinned(data_);
+}
+
+Status PinnedBuffer::reserve(uint64_t bytes) {
+  if (bytes <= bytes_ && data_ != nullptr) return Status::Ok();
+  if (data_ != nullptr) detail::free_pinned(std::exchange(data_, nullptr));
+  bytes_ = 0;
+  DWS_RETURN_IF_ERROR(detail::malloc_pinned(&data_, bytes).with_context("allocating " + std::to_string(bytes) + " pinned host bytes"));
+  bytes_ = bytes;
+  return Status::Ok();
+}
+
+namespace {
+// Grows a device buffer to at least `bytes`, freeing the old one first (contents not kept).
+Status reserve_device(DeviceBuffer& b, uint64_t bytes) {
+  if (b.data() != nullptr && b.size_bytes() >= bytes) return Status::Ok();
+  b = DeviceBuffer();
+  DWS_ASSIGN_OR_RETURN(b, DeviceBuffer::allocate(bytes));
+  return Status::Ok();
+}
+}  // namespace
+
+std::span<const uint64_t> HostChangeSet::positions(size_t tensor) const {
+  const DeviceChangeSet::Entry& e = entries_.at(tensor);
+  return {static_cast<const uint64_t*>(positions_.data()) + e.first_change, e.count};
+}
+
+std::span<const std::byte> HostChangeSet::base_values(size_t tensor) const {
+  const DeviceChangeSet::Entry& e = entries_.at(tensor);
+  return {static_cast<const std::byte*>(base_values_.data()) + e.value_byte, e.count * dtype_size_bytes(e.dtype)};
+}
+
+std::span<const std::byte> HostChangeSet::target_values(size_t tensor) const {
+  const DeviceChangeSet::Entry& e = entries_.at(tensor);
+  return {static_cast<const std::byte*>(target_values_.data()) + e.value_byte, e.count * dtype_size_bytes(e.dtype)};
+}
+
 Status copy(void* dst, const void* src, uint64_t bytes, Stream stream) {
   DWS_RETURN_IF_ERROR(detail::copy_async(dst, src, bytes, stream));
   return detail::sync(stream);
@@ -72,7 +129,7 @@ Status synchronize(Stream stream) { return detail::sync(stream); }
 struct Differ::Scratch {
   DeviceBuffer buffer;
   std::vector<detail::DiffTensor> table;
-  std::vector<uint64_t> starts;
+  PinnedBuffer starts;  // written by the device: pinned, so the copy is a real async DMA
 };
 
 Differ::Differ() : scratch_(std::make_unique<Scratch>()) {}
@@ -81,10 +138,17 @@ Differ::Differ(Differ&&) noexcept = default;
 Differ& Differ::operator=(Differ&&) noexcept = default;
 
 Result<DeviceChangeSet> Differ::diff(std::span<const DiffInput> tensors, Stream stream) {
+  DeviceChangeSet out;
+  DWS_RETURN_IF_ERROR(diff(tensors, stream, out));
+  return out;
+}
+
+Status Differ::diff(std::span<const DiffInput> tensors, Stream stream, DeviceChangeSet& out) {
+  out.tensors.clear();
+  out.total = 0;
   if (!detail::available()) return no_cuda();
   std::vector<detail::DiffTensor>& table = scratch_->table;
   table.clear();
-  DeviceChangeSet out;
   uint64_t tiles = 0, words = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const DiffInput& in = tensors[i];
@@ -108,14 +172,16 @@ Result<DeviceChangeSet> Differ::diff(std::span<const DiffInput> tensors, Stream 
     words += n_tiles * (tile_elems / 32);
     table.push_back(t);
   }
+  auto fail = [&](Status st) {
+    out.tensors.clear();
+    out.total = 0;
+    return st;
+  };
   const detail::DiffPlan plan = detail::diff_plan(table.size(), tiles, words);
-  if (scratch_->buffer.size_bytes() < plan.total_bytes()) {
-    scratch_->buffer = DeviceBuffer();  // free first: the scratch may be large
-    DWS_ASSIGN_OR_RETURN(scratch_->buffer, DeviceBuffer::allocate(plan.total_bytes()));
-  }
-  std::vector<uint64_t>& starts = scratch_->starts;
-  starts.assign(table.size() + 1, 0);
-  DWS_RETURN_IF_ERROR(detail::diff_count(table.data(), plan, scratch_->buffer.data(), starts.data(), stream));
+  if (Status st = reserve_device(scratch_->buffer, plan.total_bytes()); !st.ok()) return fail(st);
+  if (Status st = scratch_->starts.reserve((table.size() + 1) * sizeof(uint64_t)); !st.ok()) return fail(st);
+  auto* starts = static_cast<uint64_t*>(scratch_->starts.data());
+  if (Status st = detail::diff_count(table.data(), plan, scratch_->buffer.data(), starts, stream); !st.ok()) return fail(st);
   // Place each tensor's values, in input order.
   uint64_t value_bytes = 0;
   for (size_t i = 0, k = 0; i < out.tensors.size(); ++i) {
@@ -123,7 +189,7 @@ Result<DeviceChangeSet> Differ::diff(std::span<const DiffInput> tensors, Stream 
     value_bytes = (value_bytes + 7) / 8 * 8;  // every tensor's values start aligned for the widest element
     e.value_byte = value_bytes;
     if (e.numel == 0) {
-      e.first_change = k < table.size() ? starts[k] : starts.back();
+      e.first_change = starts[k];  // k <= table.size(): starts has table.size() + 1 entries
       continue;
     }
     e.first_change = starts[k];
@@ -132,39 +198,38 @@ Result<DeviceChangeSet> Differ::diff(std::span<const DiffInput> tensors, Stream 
     value_bytes += e.count * dtype_size_bytes(e.dtype);
     ++k;
   }
-  out.total = starts.back();
-  DWS_ASSIGN_OR_RETURN(out.positions, DeviceBuffer::allocate(out.total * sizeof(uint64_t)));
-  DWS_ASSIGN_OR_RETURN(out.base_values, DeviceBuffer::allocate(value_bytes));
-  DWS_ASSIGN_OR_RETURN(out.target_values, DeviceBuffer::allocate(value_bytes));
+  out.total = starts[table.size()];
+  if (Status st = reserve_device(out.positions, out.total * sizeof(uint64_t)); !st.ok()) return fail(st);
+  if (Status st = reserve_device(out.base_values, value_bytes); !st.ok()) return fail(st);
+  if (Status st = reserve_device(out.target_values, value_bytes); !st.ok()) return fail(st);
   if (out.total > 0) {
-    DWS_RETURN_IF_ERROR(detail::diff_compact(table.data(), plan, scratch_->buffer.data(),
-                                             static_cast<uint64_t*>(out.positions.data()), out.base_values.data(),
-                                             out.target_values.data(), stream));
+    Status st = detail::diff_compact(table.data(), plan, scratch_->buffer.data(), starts, static_cast<uint64_t*>(out.positions.data()),
+                                     out.base_values.data(), out.target_values.data(), stream);
+    if (!st.ok()) return fail(st);
   }
-  return out;
+  return Status::Ok();
 }
 
-Result<std::vector<HostChanges>> Differ::to_host(const DeviceChangeSet& changes, Stream stream) {
+Status Differ::to_host(const DeviceChangeSet& changes, HostChangeSet& out, Stream stream) {
+  out.entries_.clear();
+  out.total_ = 0;
   if (!detail::available()) return no_cuda();
-  std::vector<HostChanges> out(changes.tensors.size());
-  for (size_t i = 0; i < changes.tensors.size(); ++i) {
-    const DeviceChangeSet::Entry& e = changes.tensors[i];
-    const size_t w = dtype_size_bytes(e.dtype);
-    HostChanges& h = out[i];
-    h.positions.resize(e.count);
-    h.base_values.resize(e.count * w);
-    h.target_values.resize(e.count * w);
-    if (e.count == 0) continue;
-    DWS_RETURN_IF_ERROR(detail::copy_async(h.positions.data(), static_cast<const uint64_t*>(changes.positions.data()) + e.first_change,
-                                           e.count * sizeof(uint64_t), stream));
-    DWS_RETURN_IF_ERROR(detail::copy_async(h.base_values.data(), static_cast<const std::byte*>(changes.base_values.data()) + e.value_byte,
-                                           e.count * w, stream));
-    DWS_RETURN_IF_ERROR(detail::copy_async(h.target_values.data(),
-                                           static_cast<const std::byte*>(changes.target_values.data()) + e.value_byte,
-                                           e.count * w, stream));
+  uint64_t value_bytes = 0;
+  for (const DeviceChangeSet::Entry& e : changes.tensors) {
+    value_bytes = std::max(value_bytes, e.value_byte + e.count * dtype_size_bytes(e.dtype));
   }
+  const uint64_t position_bytes = changes.total * sizeof(uint64_t);
+  DWS_RETURN_IF_ERROR(out.positions_.reserve(position_bytes));
+  DWS_RETURN_IF_ERROR(out.base_values_.reserve(value_bytes));
+  DWS_RETURN_IF_ERROR(out.target_values_.reserve(value_bytes));
+  // The arrays are contiguous over all tensors: three transfers, whatever the number of tensors.
+  DWS_RETURN_IF_ERROR(detail::copy_async(out.positions_.data(), changes.positions.data(), position_bytes, stream));
+  DWS_RETURN_IF_ERROR(detail::copy_async(out.base_values_.data(), changes.base_values.data(), value_bytes, stream));
+  DWS_RETURN_IF_ERROR(detail::copy_async(out.target_values_.data(), changes.target_values.data(), value_bytes, stream));
   DWS_RETURN_IF_ERROR(detail::sync(stream));
-  return out;
+  out.entries_ = changes.tensors;
+  out.total_ = changes.total;
+  return Status::Ok();
 }
 
 Status apply_changes(std::span<const DeviceTensor> tensors, const DeviceChangeSet& changes, Stream stream) {
@@ -184,14 +249,14 @@ Status apply_changes(std::span<const DeviceTensor> tensors, const DeviceChangeSe
     }
     DWS_RETURN_IF_ERROR(check_alignment(t.data, dtype_size_bytes(t.dtype), "apply_changes: tensor " + std::to_string(i)));
   }
+  std::vector<detail::ScatterChunk> chunks;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const DeviceChangeSet::Entry& e = changes.tensors[i];
-    DWS_RETURN_IF_ERROR(detail::scatter(tensors[i].data, e.dtype, codec::ChangeOp::kSet,
-                                        static_cast<const uint64_t*>(changes.positions.data()) + e.first_change,
-                                        static_cast<const std::byte*>(changes.target_values.data()) + e.value_byte, e.count,
-                                        stream));
+    detail::add_scatter_chunks(tensors[i].data, e.dtype, codec::ChangeOp::kSet,
+                               static_cast<const uint64_t*>(changes.positions.data()) + e.first_change,
+                               static_cast<const std::byte*>(changes.target_values.data()) + e.value_byte, e.count, chunks);
   }
-  return Status::Ok();
+  return detail::scatter_chunks(chunks.data(), chunks.size(), stream);
 }
 
 Result<ApplyTensorStats> apply_tensor(const Patch& patch, const PatchTensor& tensor, const DeviceTensor& dst,
@@ -248,5 +313,25 @@ Result<ApplyTensorStats> apply_tensor(const Patch& patch, const PatchTensor& ten
   stats.uploaded_bytes = positions.size() * sizeof(uint64_t) + operands.size();
   return stats;
 }
+
+namespace detail {
+
+void add_scatter_chunks(void* tensor, DType dtype, codec::ChangeOp op, const uint64_t* positions, const void* operands,
+                        uint64_t n, std::vector<ScatterChunk>& out) {
+  const size_t ow = codec::operand_size_bytes(op, dtype);
+  for (uint64_t first = 0; first < n; first += kScatterChunk) {
+    ScatterChunk c;
+    c.tensor = tensor;
+    c.positions = positions + first;
+    c.operands = static_cast<const std::byte*>(operands) + first * ow;
+    c.count = static_cast<uint32_t>(std::min<uint64_t>(n - first, kScatterChunk));
+    c.elem_size = static_cast<uint8_t>(dtype_size_bytes(dtype));
+    c.op = static_cast<uint8_t>(op);
+    c.is_float = dtype_is_float(dtype) ? 1 : 0;
+    out.push_back(c);
+  }
+}
+
+}  // namespace detail
 
 }  // namespace dws::gpu

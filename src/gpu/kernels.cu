@@ -5,16 +5,17 @@
 // each vector into one bit per element and ORs them into the tile's bitmask in shared memory, which is then
 // written out with the tile's change count. Inputs are read exactly once.
 // Scan: an exclusive sum over the tile counts (CUB) gives each tile's first output slot and the total.
-// Pass 2 (diff_compact_kernel): per tile with changes, each thread takes a run of mask words, a block scan
-// of their popcounts gives its output slot, and it writes positions in ascending order and gathers the
-// base and target values there. It reads the bitmask (1/8 bit per input bit) and the changed elements.
+// Pass 2 (diff_compact_kernel): one warp per tile with changes writes the tile's positions in ascending
+// order, coalesced (consecutive changes to consecutive addresses); it reads only the bitmask (1/8 bit per
+// input bit). Then gather_chunks_kernel reads the base and target values at the positions, element-parallel.
+// Both passes are persistent kernels (one wave of resident blocks walking the tiles).
 #include <cuda_runtime.h>
 
 #include <cub/block/block_reduce.cuh>
-#include <cub/block/block_scan.cuh>
 #include <cub/device/device_scan.cuh>
 
 #include <algorithm>
+#include <memory>
 #include <string>
 
 #include "codec/element_key.h"
@@ -27,6 +28,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kVectorsPerThread = 4;
 constexpr int kTileBytes = kThreads * kVectorsPerThread * 16;  // per input
+constexpr int kMaskBlocksPerSM = 2;  // lets pass 1 use 128 registers a thread (4 per SM, at 64 and spilling, ran no faster on an H100)
 
 template <int W>
 struct Elem;
@@ -40,6 +42,7 @@ template <>
 struct Elem<8> { using T = unsigned long long; };
 
 Status cuda_error(const char* call, cudaError_t e) {
+  (void)cudaGetLastError();  // reset the thread's last error: a failed call must not surface in a later check
   return make_error(ErrorCode::kDevice, std::string(call) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
 }
 
@@ -133,21 +136,27 @@ __device__ __forceinline__ void mask_tile(const DiffTensor& t, uint64_t local_ti
   if (threadIdx.x == 0) *count_out = total;
 }
 
-__global__ void __launch_bounds__(kThreads) diff_mask_kernel(const DiffTensor* __restrict__ table, uint32_t tensors,
+// Persistent: each block walks tiles blockIdx.x, +gridDim.x, ... so the tensor of its tile is found by
+// one binary search and then by stepping forward.
+__global__ void __launch_bounds__(kThreads, kMaskBlocksPerSM) diff_mask_kernel(const DiffTensor* __restrict__ table, uint32_t tensors,
                                                              uint64_t tiles, uint32_t* __restrict__ mask,
                                                              unsigned long long* __restrict__ counts) {
   __shared__ uint32_t tile_mask[kTileBytes / 32];  // one bit per element of the widest tile (1-byte elements)
-  const uint64_t tile = blockIdx.x;
-  if (tile == 0 && threadIdx.x == 0) counts[tiles] = 0;  // the scan's extra slot: its result is the total
-  const DiffTensor& t = table[tensor_of_tile(table, tensors, tile)];
-  const uint64_t local = tile - t.first_tile;
-  const uint64_t words = static_cast<uint64_t>(kTileBytes / t.elem_size / 32);
-  uint32_t* out = mask + t.first_word + local * words;
-  switch (t.elem_size) {
-    case 1: mask_tile<1>(t, local, tile_mask, out, counts + tile); break;
-    case 2: mask_tile<2>(t, local, tile_mask, out, counts + tile); break;
-    case 4: mask_tile<4>(t, local, tile_mask, out, counts + tile); break;
-    default: mask_tile<8>(t, local, tile_mask, out, counts + tile); break;
+  if (blockIdx.x == 0 && threadIdx.x == 0) counts[tiles] = 0;  // the scan's extra slot: its result is the total
+  uint32_t i = tensor_of_tile(table, tensors, blockIdx.x);
+  for (uint64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    while (i + 1 < tensors && table[i + 1].first_tile <= tile) ++i;
+    const DiffTensor& t = table[i];
+    const uint64_t local = tile - t.first_tile;
+    const uint64_t words = static_cast<uint64_t>(kTileBytes / t.elem_size / 32);
+    uint32_t* out = mask + t.first_word + local * words;
+    switch (t.elem_size) {
+      case 1: mask_tile<1>(t, local, tile_mask, out, counts + tile); break;
+      case 2: mask_tile<2>(t, local, tile_mask, out, counts + tile); break;
+      case 4: mask_tile<4>(t, local, tile_mask, out, counts + tile); break;
+      default: mask_tile<8>(t, local, tile_mask, out, counts + tile); break;
+    }
+    __syncthreads();  // tile_mask and the reduction's storage are reused by the next tile
   }
 }
 
@@ -158,60 +167,117 @@ __global__ void tensor_starts_kernel(const DiffTensor* __restrict__ table, uint3
   }
 }
 
+// One warp writes one tile's changed positions, coalesced: it reads 32 mask words at a time (one per lane),
+// and for each non-zero word every lane whose bit is set writes its element's position at the word's output
+// slot plus the number of set bits below it, so consecutive changes go to consecutive addresses. The values
+// are gathered afterwards by gather_chunks_kernel, element-parallel.
 template <int W>
-__device__ __forceinline__ void compact_tile(const DiffTensor& t, uint64_t local_tile, const uint32_t* __restrict__ mask,
-                                             uint64_t out, uint64_t tensor_start, unsigned long long* __restrict__ positions,
-                                             uint8_t* __restrict__ base_values, uint8_t* __restrict__ target_values) {
-  using T = typename Elem<W>::T;
+__device__ __forceinline__ void compact_tile(uint64_t local_tile, const uint32_t* __restrict__ mask, uint64_t out,
+                                             unsigned long long* __restrict__ positions) {
   constexpr int kTileElems = kTileBytes / W;
   constexpr int kWords = kTileElems / 32;
-  constexpr int kWordsPerThread = kWords >= kThreads ? kWords / kThreads : 1;
-  using Scan = cub::BlockScan<uint32_t, kThreads>;
-  __shared__ typename Scan::TempStorage scan_storage;
-  const int w0 = threadIdx.x * kWordsPerThread;
-  uint32_t words[kWordsPerThread];
-  uint32_t count = 0;
+  static_assert(kWords % 32 == 0);
+  constexpr int kRounds = kWords / 32;
+  const uint32_t lane = threadIdx.x & 31;
+  const uint32_t below = (1u << lane) - 1;
+  uint32_t words[kRounds];  // all of the tile's mask loads are issued before any is used
 #pragma unroll
-  for (int k = 0; k < kWordsPerThread; ++k) {
-    words[k] = w0 + k < kWords ? mask[w0 + k] : 0u;
-    count += __popc(words[k]);
-  }
-  uint32_t before = 0;
-  Scan(scan_storage).ExclusiveSum(count, before);
-  out += before;
-  const T* b = static_cast<const T*>(t.base);
-  const T* g = static_cast<const T*>(t.target);
-  T* bv = reinterpret_cast<T*>(base_values + t.value_byte);  // the tensor's values (value_byte is 8-aligned)
-  T* tv = reinterpret_cast<T*>(target_values + t.value_byte);
+  for (int r = 0; r < kRounds; ++r) words[r] = mask[r * 32 + lane];
 #pragma unroll
-  for (int k = 0; k < kWordsPerThread; ++k) {
-    for (uint32_t bits = words[k]; bits != 0; bits &= bits - 1) {
-      const uint64_t p = local_tile * kTileElems + static_cast<uint64_t>(w0 + k) * 32 + (__ffs(bits) - 1);
-      positions[out] = p;
-      bv[out - tensor_start] = b[p];
-      tv[out - tensor_start] = g[p];
-      ++out;
+  for (int r = 0; r < kRounds; ++r) {
+    const uint32_t word = words[r];
+    for (uint32_t nonzero = __ballot_sync(0xFFFFFFFFu, word != 0); nonzero != 0; nonzero &= nonzero - 1) {
+      const int src = __ffs(nonzero) - 1;
+      const uint32_t bits = __shfl_sync(0xFFFFFFFFu, word, src);
+      if ((bits >> lane) & 1u) {
+        positions[out + __popc(bits & below)] = local_tile * kTileElems + static_cast<uint64_t>(r * 32 + src) * 32 + lane;
+      }
+      out += __popc(bits);
     }
   }
 }
 
+// Persistent, one warp per tile: warp w of block k walks tiles k * warps + w, then + gridDim.x * warps, ...
+// Each block first copies the tensors' first tiles into shared memory (dynamic, tensors * 8 bytes, when
+// they fit in kCompactTableTensors), so finding a tile's tensor is a binary search in shared memory rather
+// than a chain of dependent global loads across the tensors a warp's stride skips.
+constexpr uint32_t kCompactTableTensors = 6144;  // 48 KiB of shared memory
 __global__ void __launch_bounds__(kThreads) diff_compact_kernel(
-    const DiffTensor* __restrict__ table, uint32_t tensors, const uint32_t* __restrict__ mask,
+    const DiffTensor* __restrict__ table, uint32_t tensors, uint64_t tiles, const uint32_t* __restrict__ mask,
     const unsigned long long* __restrict__ counts, const unsigned long long* __restrict__ offsets,
-    const unsigned long long* __restrict__ starts, unsigned long long* __restrict__ positions,
-    uint8_t* __restrict__ base_values, uint8_t* __restrict__ target_values) {
-  const uint64_t tile = blockIdx.x;
-  if (counts[tile] == 0) return;
-  const uint32_t i = tensor_of_tile(table, tensors, tile);
-  const DiffTensor& t = table[i];
-  const uint64_t local = tile - t.first_tile;
-  const uint64_t words = static_cast<uint64_t>(kTileBytes / t.elem_size / 32);
-  const uint32_t* m = mask + t.first_word + local * words;
-  switch (t.elem_size) {
-    case 1: compact_tile<1>(t, local, m, offsets[tile], starts[i], positions, base_values, target_values); break;
-    case 2: compact_tile<2>(t, local, m, offsets[tile], starts[i], positions, base_values, target_values); break;
-    case 4: compact_tile<4>(t, local, m, offsets[tile], starts[i], positions, base_values, target_values); break;
-    default: compact_tile<8>(t, local, m, offsets[tile], starts[i], positions, base_values, target_values); break;
+    unsigned long long* __restrict__ positions) {
+  extern __shared__ unsigned long long first_tiles[];
+  const bool in_shared = tensors <= kCompactTableTensors;
+  if (in_shared) {
+    for (uint32_t k = threadIdx.x; k < tensors; k += blockDim.x) first_tiles[k] = table[k].first_tile;
+    __syncthreads();
+  }
+  constexpr uint32_t kWarps = kThreads / 32;
+  const uint64_t first = static_cast<uint64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  for (uint64_t tile = first; tile < tiles; tile += static_cast<uint64_t>(gridDim.x) * kWarps) {
+    if (counts[tile] == 0) continue;  // uniform across the warp
+    uint32_t i;
+    if (in_shared) {
+      uint32_t lo = 0, hi = tensors - 1;  // the last tensor whose first tile <= tile
+      while (lo < hi) {
+        const uint32_t mid = (lo + hi + 1) / 2;
+        if (first_tiles[mid] <= tile) lo = mid; else hi = mid - 1;
+      }
+      i = lo;
+    } else {
+      i = tensor_of_tile(table, tensors, tile);
+    }
+    const DiffTensor& t = table[i];
+    const uint64_t local = tile - t.first_tile;
+    const uint64_t words = static_cast<uint64_t>(kTileBytes / t.elem_size / 32);
+    const uint32_t* m = mask + t.first_word + local * words;
+    switch (t.elem_size) {
+      case 1: compact_tile<1>(local, m, offsets[tile], positions); break;
+      case 2: compact_tile<2>(local, m, offsets[tile], positions); break;
+      case 4: compact_tile<4>(local, m, offsets[tile], positions); break;
+      default: compact_tile<8>(local, m, offsets[tile], positions); break;
+    }
+  }
+}
+
+// Gathers the base and target values at the compacted positions: one block per chunk of at most
+// kScatterChunk changes of one tensor, chunks passed as the kernel's parameters (as for scatters).
+struct GatherChunk {
+  const void* base;
+  const void* target;
+  const unsigned long long* positions;
+  void* base_out;
+  void* target_out;
+  uint32_t count;
+  uint32_t elem_size;
+};
+constexpr uint32_t kGatherChunksPerLaunch = 640;
+struct GatherBatch {
+  GatherChunk chunks[kGatherChunksPerLaunch];
+};
+static_assert(sizeof(GatherBatch) < 32000, "kernel parameters are limited to 32 KB");
+
+template <int W>
+__device__ __forceinline__ void gather_chunk(const GatherChunk& c) {
+  using T = typename Elem<W>::T;
+  const T* __restrict__ b = static_cast<const T*>(c.base);
+  const T* __restrict__ g = static_cast<const T*>(c.target);
+  T* bo = static_cast<T*>(c.base_out);
+  T* to = static_cast<T*>(c.target_out);
+  for (uint32_t i = threadIdx.x; i < c.count; i += blockDim.x) {
+    const uint64_t p = c.positions[i];
+    bo[i] = __ldg(b + p);
+    to[i] = __ldg(g + p);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) gather_chunks_kernel(const __grid_constant__ GatherBatch batch) {
+  const GatherChunk& c = batch.chunks[blockIdx.x];
+  switch (c.elem_size) {
+    case 1: gather_chunk<1>(c); break;
+    case 2: gather_chunk<2>(c); break;
+    case 4: gather_chunk<4>(c); break;
+    default: gather_chunk<8>(c); break;
   }
 }
 
@@ -232,6 +298,67 @@ __global__ void scatter_kernel(uint8_t* __restrict__ tensor, const unsigned long
       out[p] = static_cast<T>(codec::native::add_key_distance<W, kFloat>(static_cast<uint64_t>(out[p]), zz));
     }
   }
+}
+
+template <int W, codec::ChangeOp kOp, bool kFloat>
+__device__ __forceinline__ void scatter_chunk(const ScatterChunk& c) {
+  using T = typename Elem<W>::T;
+  T* out = static_cast<T*>(c.tensor);
+  const auto* positions = reinterpret_cast<const unsigned long long*>(c.positions);
+  for (uint32_t i = threadIdx.x; i < c.count; i += blockDim.x) {
+    const uint64_t p = positions[i];
+    if constexpr (kOp == codec::ChangeOp::kSet) {
+      out[p] = static_cast<const T*>(c.operands)[i];
+    } else if constexpr (kOp == codec::ChangeOp::kXor) {
+      out[p] ^= static_cast<const T*>(c.operands)[i];
+    } else {
+      const uint64_t zz = static_cast<const unsigned long long*>(c.operands)[i];
+      out[p] = static_cast<T>(codec::native::add_key_distance<W, kFloat>(static_cast<uint64_t>(out[p]), zz));
+    }
+  }
+}
+
+template <int W>
+__device__ __forceinline__ void scatter_chunk_op(const ScatterChunk& c) {
+  switch (static_cast<codec::ChangeOp>(c.op)) {
+    case codec::ChangeOp::kSet: scatter_chunk<W, codec::ChangeOp::kSet, false>(c); break;
+    case codec::ChangeOp::kXor: scatter_chunk<W, codec::ChangeOp::kXor, false>(c); break;
+    case codec::ChangeOp::kAddKey:
+      if (c.is_float) scatter_chunk<W, codec::ChangeOp::kAddKey, true>(c); else scatter_chunk<W, codec::ChangeOp::kAddKey, false>(c);
+      break;
+  }
+}
+
+// A batch of chunks passed by value as the kernel's parameter (up to 32 KB of parameters on Volta and later
+// with CUDA 12.1+), so that a scatter needs no upload and no synchronization: fully stream-ordered.
+constexpr uint32_t kChunksPerLaunch = 960;
+struct ScatterBatch {
+  uint32_t n;
+  ScatterChunk chunks[kChunksPerLaunch];
+};
+static_assert(sizeof(ScatterBatch) < 32000, "kernel parameters are limited to 32 KB");
+
+// One block per chunk; the chunk's width and operation are uniform across the block.
+__global__ void __launch_bounds__(kThreads) scatter_chunks_kernel(const __grid_constant__ ScatterBatch batch) {
+  const ScatterChunk& c = batch.chunks[blockIdx.x];
+  switch (c.elem_size) {
+    case 1: scatter_chunk_op<1>(c); break;
+    case 2: scatter_chunk_op<2>(c); break;
+    case 4: scatter_chunk_op<4>(c); break;
+    default: scatter_chunk_op<8>(c); break;
+  }
+}
+
+// Resident blocks of `kernel` on the whole device, cached per kernel by the caller.
+template <typename Kernel>
+unsigned persistent_grid(Kernel kernel, size_t dynamic_smem = 0) {
+  int device = 0, sms = 1, per_sm = 1;
+  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, dynamic_smem) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 1024;
+  }
+  return static_cast<unsigned>(std::max(sms, 1) * std::max(per_sm, 1));
 }
 
 int multiprocessors() {
@@ -368,10 +495,17 @@ Status diff_count(const DiffTensor* table, const DiffPlan& plan, void* scratch, 
   const DiffScratch s = carve(scratch, plan);
   cudaStream_t st = as_stream(stream);
   DWS_CUDA(cudaMemcpyAsync(s.table, table, plan.tensors * sizeof(DiffTensor), cudaMemcpyHostToDevice, st));
-  diff_mask_kernel<<<static_cast<unsigned>(plan.tiles), kThreads, 0, st>>>(s.table, static_cast<uint32_t>(plan.tensors),
-                                                                           plan.tiles, s.mask, s.counts);
+  static const unsigned mask_grid = persistent_grid(diff_mask_kernel);
+  diff_mask_kernel<<<static_cast<unsigned>(std::min<uint64_t>(plan.tiles, mask_grid)), kThreads, 0, st>>>(
+      s.table, static_cast<uint32_t>(plan.tensors), plan.tiles, s.mask, s.counts);
   DWS_CUDA(cudaGetLastError());
-  size_t scan_bytes = plan.scan_bytes;
+  size_t scan_bytes = 0;
+  DWS_CUDA(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, s.counts, s.offsets, static_cast<int64_t>(plan.tiles + 1), st));
+  if (scan_bytes > plan.scan_bytes) {
+    return make_error(ErrorCode::kDevice, "diff: the scan needs " + std::to_string(scan_bytes) + " bytes of scratch, the plan has " +
+                                              std::to_string(plan.scan_bytes));
+  }
+  scan_bytes = plan.scan_bytes;
   DWS_CUDA(cub::DeviceScan::ExclusiveSum(s.scan, scan_bytes, s.counts, s.offsets, static_cast<int64_t>(plan.tiles + 1), st));
   tensor_starts_kernel<<<static_cast<unsigned>((plan.tensors + 1 + kThreads - 1) / kThreads), kThreads, 0, st>>>(
       s.table, static_cast<uint32_t>(plan.tensors), plan.tiles, s.offsets, s.starts);
@@ -381,18 +515,45 @@ Status diff_count(const DiffTensor* table, const DiffPlan& plan, void* scratch, 
   return Status::Ok();
 }
 
-Status diff_compact(const DiffTensor* table, const DiffPlan& plan, void* scratch, uint64_t* positions,
+Status diff_compact(const DiffTensor* table, const DiffPlan& plan, void* scratch, const uint64_t* starts, uint64_t* positions,
                     void* base_values, void* target_values, Stream stream) {
   if (plan.tiles == 0) return Status::Ok();
   const DiffScratch s = carve(scratch, plan);
   cudaStream_t st = as_stream(stream);
   DWS_CUDA(cudaMemcpyAsync(s.table, table, plan.tensors * sizeof(DiffTensor), cudaMemcpyHostToDevice, st));
-  diff_compact_kernel<<<static_cast<unsigned>(plan.tiles), kThreads, 0, st>>>(
-      s.table, static_cast<uint32_t>(plan.tensors), s.mask, s.counts, s.offsets, s.starts,
-      reinterpret_cast<unsigned long long*>(positions), static_cast<uint8_t*>(base_values),
-      static_cast<uint8_t*>(target_values));
+  const size_t table_smem = plan.tensors <= kCompactTableTensors ? plan.tensors * sizeof(unsigned long long) : 0;
+  const unsigned compact_grid = persistent_grid(diff_compact_kernel, table_smem);
+  const uint64_t compact_blocks = (plan.tiles + kThreads / 32 - 1) / (kThreads / 32);
+  diff_compact_kernel<<<static_cast<unsigned>(std::min<uint64_t>(compact_blocks, compact_grid)), kThreads, table_smem, st>>>(
+      s.table, static_cast<uint32_t>(plan.tensors), plan.tiles, s.mask, s.counts, s.offsets,
+      reinterpret_cast<unsigned long long*>(positions));
   DWS_CUDA(cudaGetLastError());
-  return Status::Ok();
+  // Values, element-parallel over the positions just written.
+  auto batch = std::make_unique<GatherBatch>();
+  uint32_t n = 0;
+  auto flush = [&]() -> Status {
+    if (n == 0) return Status::Ok();
+    gather_chunks_kernel<<<n, kThreads, 0, st>>>(*batch);
+    n = 0;
+    DWS_CUDA(cudaGetLastError());
+    return Status::Ok();
+  };
+  for (uint64_t k = 0; k < plan.tensors; ++k) {
+    const DiffTensor& t = table[k];
+    const uint64_t first = starts[k], count = starts[k + 1] - starts[k];
+    for (uint64_t done = 0; done < count; done += kScatterChunk) {
+      GatherChunk& c = batch->chunks[n++];
+      c.base = t.base;
+      c.target = t.target;
+      c.positions = reinterpret_cast<const unsigned long long*>(positions) + first + done;
+      c.base_out = static_cast<uint8_t*>(base_values) + t.value_byte + done * t.elem_size;
+      c.target_out = static_cast<uint8_t*>(target_values) + t.value_byte + done * t.elem_size;
+      c.count = static_cast<uint32_t>(std::min<uint64_t>(count - done, kScatterChunk));
+      c.elem_size = t.elem_size;
+      if (n == kGatherChunksPerLaunch) DWS_RETURN_IF_ERROR(flush());
+    }
+  }
+  return flush();
 }
 
 Status scatter(void* tensor, DType dtype, codec::ChangeOp op, const uint64_t* positions, const void* operands,
@@ -420,6 +581,18 @@ Status scatter(void* tensor, DType dtype, codec::ChangeOp op, const uint64_t* po
     DWS_CUDA(cudaGetLastError());
     return Status::Ok();
   });
+}
+
+Status scatter_chunks(const ScatterChunk* chunks, uint64_t n, Stream stream) {
+  cudaStream_t st = as_stream(stream);
+  for (uint64_t first = 0; first < n; first += kChunksPerLaunch) {
+    auto batch = std::make_unique<ScatterBatch>();
+    batch->n = static_cast<uint32_t>(std::min<uint64_t>(n - first, kChunksPerLaunch));
+    std::copy(chunks + first, chunks + first + batch->n, batch->chunks);
+    scatter_chunks_kernel<<<batch->n, kThreads, 0, st>>>(*batch);
+    DWS_CUDA(cudaGetLastError());
+  }
+  return Status::Ok();
 }
 
 }  // namespace dws::gpu::detail

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "codec/codecs.h"
 #include "dws/gpu.h"
@@ -59,12 +60,31 @@ DiffPlan diff_plan(uint64_t tensors, uint64_t tiles, uint64_t mask_words);
 Status diff_count(const DiffTensor* table, const DiffPlan& plan, void* scratch, uint64_t* starts, Stream stream);
 // Pass 2: with value_byte now set in `table`, writes every tensor's ascending positions (tensor-local) and
 // the base and target values there into arrays sized by diff_count's totals.
-Status diff_compact(const DiffTensor* table, const DiffPlan& plan, void* scratch, uint64_t* positions,
+// `starts` is diff_count's output (host).
+Status diff_compact(const DiffTensor* table, const DiffPlan& plan, void* scratch, const uint64_t* starts, uint64_t* positions,
                     void* base_values, void* target_values, Stream stream);
 
 // tensor[positions[i]] = op(tensor[positions[i]], operands[i]) for i < n; positions are unique and in
 // range (the caller validated them). Matches codec::apply_operands bit for bit.
 Status scatter(void* tensor, DType dtype, codec::ChangeOp op, const uint64_t* positions, const void* operands,
                uint64_t n, Stream stream);
+
+// Many scatters in one launch: one block per chunk of at most kScatterChunk changes, each chunk within one
+// tensor. The pointers in the chunks are device pointers; `chunks` itself is host memory, passed to the
+// kernel as its parameters (960 chunks a launch), so nothing is uploaded and nothing waits. Asynchronous.
+inline constexpr uint32_t kScatterChunk = 4096;
+struct ScatterChunk {
+  void* tensor = nullptr;
+  const uint64_t* positions = nullptr;  // this chunk's first position
+  const void* operands = nullptr;       // this chunk's first operand
+  uint32_t count = 0;                   // 1..kScatterChunk
+  uint8_t elem_size = 0;                // 1, 2, 4 or 8
+  uint8_t op = 0;                       // codec::ChangeOp
+  uint8_t is_float = 0;                 // for kAddKey: the float key mapping
+};
+Status scatter_chunks(const ScatterChunk* chunks, uint64_t n, Stream stream);
+// Appends the chunks of one scatter (as `scatter` takes it) to `out`.
+void add_scatter_chunks(void* tensor, DType dtype, codec::ChangeOp op, const uint64_t* positions, const void* operands,
+                        uint64_t n, std::vector<ScatterChunk>& out);
 
 }  // namespace dws::gpu::detail

@@ -20,7 +20,8 @@ Status sync(Stream) { return no_cuda(); }
 uint64_t diff_tile_elems(size_t elem_size) { return 16384 / elem_size; }
 DiffPlan diff_plan(uint64_t, uint64_t, uint64_t) { return {}; }
 Status diff_count(const DiffTensor*, const DiffPlan&, void*, uint64_t*, Stream) { return no_cuda(); }
-Status diff_compact(const DiffTensor*, const DiffPlan&, void*, uint64_t*, void*, void*, Stream) { return no_cuda(); }
+Status diff_compact(const DiffTensor*, const DiffPlan&, void*, const uint64_t*, uint64_t*, void*, void*, Stream) { return no_cuda(); }
 Status scatter(void*, DType, codec::ChangeOp, const uint64_t*, const void*, uint64_t, Stream) { return no_cuda(); }
+Status scatter_chunks(const ScatterChunk*, uint64_t, Stream) { return no_cuda(); }
 
 }  // namespace dws::gpu::detail
