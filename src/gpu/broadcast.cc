@@ -15,6 +15,7 @@
 #include "dws/digest.h"
 #include "dws/gpu_broadcast.h"
 #include "gpu/broadcast_internal.h"
+#include "gpu/cuda_status.h"
 #include "gpu/kernels.h"
 
 namespace dws::gpu {
@@ -78,20 +79,10 @@ Status nccl_error(const char* call, ncclResult_t r) {
   return make_error(ErrorCode::kDevice, std::string(call) + ": " + nccl().GetErrorString(r));
 }
 
-Status cuda_error(const char* call, cudaError_t e) {
-  (void)cudaGetLastError();
-  return make_error(ErrorCode::kDevice, std::string(call) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
-}
-
 #define DWS_NCCL(call)                                                       \
   do {                                                                       \
     const ncclResult_t dws_nccl_r_ = (call);                                 \
     if (dws_nccl_r_ != ncclSuccess) return nccl_error(#call, dws_nccl_r_);   \
-  } while (0)
-#define DWS_CUDA(call)                                                       \
-  do {                                                                       \
-    const cudaError_t dws_cuda_e_ = (call);                                  \
-    if (dws_cuda_e_ != cudaSuccess) return cuda_error(#call, dws_cuda_e_);   \
   } while (0)
 
 constexpr uint64_t kMagic = 0x3162447344535744ull;  // "DWSDsDb1"

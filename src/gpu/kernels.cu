@@ -19,6 +19,7 @@
 #include <string>
 
 #include "codec/element_key.h"
+#include "gpu/cuda_status.h"
 #include "gpu/kernels.h"
 
 namespace dws::gpu::detail {
@@ -41,16 +42,6 @@ struct Elem<4> { using T = uint32_t; };
 template <>
 struct Elem<8> { using T = unsigned long long; };
 
-Status cuda_error(const char* call, cudaError_t e) {
-  (void)cudaGetLastError();  // reset the thread's last error: a failed call must not surface in a later check
-  return make_error(ErrorCode::kDevice, std::string(call) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
-}
-
-#define DWS_CUDA(call)                                    \
-  do {                                                    \
-    const cudaError_t dws_cuda_e_ = (call);               \
-    if (dws_cuda_e_ != cudaSuccess) return cuda_error(#call, dws_cuda_e_); \
-  } while (0)
 
 cudaStream_t as_stream(Stream s) { return static_cast<cudaStream_t>(s); }
 
