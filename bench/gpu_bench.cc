@@ -12,6 +12,10 @@
 //               pipeline: header, counts, buckets of 64 MiB or 4 MiB into two slots, scatter on arrival) vs the copy
 //   patch apply apply_tensor of every tensor from a native patch file (host decode + upload + scatter) vs
 //               uploading the whole checkpoint from host memory
+//   track       DeviceChangeTracker::take of the step (the Python trainer's path for CUDA tensors: diff, changes
+//               to host, changed words gathered, digests, snapshot scatter), time vs the copy
+//   dev apply   apply_patch_to_device_tensors of the tracker's patch (the Python receiver's path: host decode,
+//               word gather, digest check, upload, one scatter), time vs uploading the checkpoint
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -119,10 +123,10 @@ int run_gpu_bench(const std::string& sims, int runs, const std::string& json_pat
   std::filesystem::create_directories(work);
 
   json out = {{"device", info.name}, {"multiprocessors", info.multiprocessors}, {"runs", runs}, {"rows", json::array()}};
-  std::printf("%-28s %8s %10s %9s %9s %9s %9s %9s %9s %10s %10s\n", "dataset", "density", "model MB", "diff", "to host", "scatter",
-              "scat 1%", "nccl 64M", "nccl 4M", "patch app", "payB/chg");
-  std::printf("%-28s %8s %10s %9s %9s %9s %9s %9s %9s %10s %10s\n", "", "", "", "x copy", "t/copy", "t/copy", "t/copy", "t/copy",
-              "t/copy", "t/upload", "");
+  std::printf("%-28s %8s %10s %9s %9s %9s %9s %9s %9s %10s %10s %9s %10s\n", "dataset", "density", "model MB", "diff", "to host",
+              "scatter", "scat 1%", "nccl 64M", "nccl 4M", "patch app", "payB/chg", "track", "dev apply");
+  std::printf("%-28s %8s %10s %9s %9s %9s %9s %9s %9s %10s %10s %9s %10s\n", "", "", "", "x copy", "t/copy", "t/copy", "t/copy",
+              "t/copy", "t/copy", "t/upload", "", "t/copy", "t/upload");
   for (const std::string& spec : split(sims, ',')) {
     if (spec.empty()) continue;
     std::fprintf(stderr, "dws_bench: simulating %s\n", spec.c_str());
@@ -202,12 +206,44 @@ int run_gpu_bench(const std::string& sims, int runs, const std::string& json_pat
     }
     if (!exact) die(make_error(ErrorCode::kTargetMismatch, "gpu patch apply did not reproduce the target"));
 
+    // The Python paths for CUDA tensors: the trainer's tracker and the receiver's checked apply.
+    auto named = [&](const DeviceModel& m) {
+      std::vector<gpu::NamedDeviceTensor> out;
+      for (size_t i = 0; i < base.tensors().size(); ++i) {
+        const CheckpointTensor& t = base.tensors()[i];
+        out.push_back({t.name, t.dtype, t.shape, m.tensors[i].data});
+      }
+      return out;
+    };
+    const auto named_base = named(d_base), named_target = named(d_target), named_scratch = named(d_scratch);
+    gpu::DeviceChangeTracker tracker;
+    TensorDigests base_digests;
+    std::vector<TrackedTensorChanges> tracked;
+    const double track_s = median_of(runs, [&] { tracked = must(tracker.take(named_target, nullptr)); },
+                                     [&] { base_digests = must(tracker.reset(named_base, nullptr)); });
+    const std::string tracked_path = work + "/tracked.dwsp";
+    check(create_patch_from_changes(base.layout(), base_digests, tracked, tracked_path, {}).status());
+    const Patch tracked_patch = must(Patch::open(tracked_path));
+    const double dev_apply_s = median_of(runs, [&] {
+      TensorDigests digests = base_digests;
+      (void)must(gpu::apply_patch_to_device_tensors(tracked_patch, named_scratch, digests, nullptr));
+    }, reset);
+    for (size_t i = 0; i < target.tensors().size(); ++i) {
+      auto want = target.bytes(target.tensors()[i]);
+      std::vector<std::byte> have(want.size());
+      check(gpu::copy(have.data(), d_scratch.tensors[i].data, want.size(), nullptr));
+      if (std::memcmp(have.data(), want.data(), want.size()) != 0) {
+        die(make_error(ErrorCode::kTargetMismatch, "the device tracker's patch, applied on the device, did not reproduce the target"));
+      }
+    }
+
     const double density = static_cast<double>(changes.total) /
                            static_cast<double>(model_bytes / dtype_size_bytes(base.tensors()[0].dtype));
     const double pay = static_cast<double>(ps.payload_bytes) / static_cast<double>(std::max<uint64_t>(ps.changes, 1));
-    std::printf("%-28s %7.3f%% %10.1f %9.3f %9.3f %9.4f %9.4f %9.4f %9.4f %10.3f %10.3f\n", c.name.c_str(), 100 * density,
+    std::printf("%-28s %7.3f%% %10.1f %9.3f %9.3f %9.4f %9.4f %9.4f %9.4f %10.3f %10.3f %9.3f %10.3f\n", c.name.c_str(), 100 * density,
                 static_cast<double>(model_bytes) / 1e6, copy_s / diff_s, to_host_s / copy_s, scatter_s / copy_s,
-                scatter1_s / copy_s, nccl_s / copy_s, nccl_small_s / copy_s, patch_s / upload_s, pay);
+                scatter1_s / copy_s, nccl_s / copy_s, nccl_small_s / copy_s, patch_s / upload_s, pay, track_s / copy_s,
+                dev_apply_s / upload_s);
     out["rows"].push_back({{"dataset", c.name},
                            {"tensors", base.tensors().size()},
                            {"model_bytes", model_bytes},
@@ -226,7 +262,9 @@ int run_gpu_bench(const std::string& sims, int runs, const std::string& json_pat
                            {"nccl_broadcast_4MiB_buckets", nccl_buckets_small},
                            {"nccl_broadcast_4MiB_buckets_time_vs_device_copy", nccl_small_s / copy_s},
                            {"native_payload_bytes_per_change", pay},
-                           {"patch_apply_bit_exact", exact}});
+                           {"patch_apply_bit_exact", exact},
+                           {"device_tracker_take_time_vs_device_copy", track_s / copy_s},
+                           {"device_patch_apply_time_vs_host_upload", dev_apply_s / upload_s}});
     std::fflush(stdout);
   }
   std::filesystem::remove_all(work);

@@ -14,30 +14,17 @@
 #include "dws/patch.h"
 #include "gpu/broadcast_internal.h"
 #include "gpu/kernels.h"
+#include "gpu_test_util.h"
 #include "test_util.h"
 
 namespace dws {
 namespace {
 
 using test::views_of;
-
-bool have_device() {
-  if (!gpu::built_with_cuda()) return false;
-  auto n = gpu::device_count();
-  return n.ok() && *n > 0;
-}
-
-// Special bit patterns mixed into random tensors: NaNs, infinities, signed zeros, extremes.
-void sprinkle_special_values(std::mt19937_64& rng, test::HostTensor& t) {
-  const size_t w = dtype_size_bytes(t.dtype);
-  const uint64_t n = t.bytes.size() / w;
-  const uint64_t patterns[] = {0, ~0ull, 1ull << (8 * w - 1), (1ull << (8 * w - 1)) - 1, 0x7FC07FC07FC07FC0ull, 0xFF80FF80FF80FF80ull};
-  for (uint64_t i = 0; i < n / 16; ++i) {
-    const uint64_t at = rng() % n;
-    const uint64_t v = patterns[rng() % std::size(patterns)];
-    std::memcpy(t.bytes.data() + at * w, &v, w);
-  }
-}
+using test::have_device;
+using test::sprinkle_special_values;
+using test::upload;
+using test::download;
 
 // decode_operands + apply_operands must reproduce exactly what decode_changes (new values) gives, for every
 // encoding that decodes changes, every dtype, several densities; this is the reference the kernels match.
@@ -205,10 +192,6 @@ TEST(GpuReference, BroadcastWithoutNcclOrDeviceSaysWhy) {
 
 // ---- device tests ----
 
-#define REQUIRE_DEVICE()                                                   \
-  do {                                                                     \
-    if (!have_device()) GTEST_SKIP() << "no CUDA device (or built without CUDA)"; \
-  } while (0)
 
 TEST(Gpu, WithoutCudaEveryCallSaysSo) {
   if (gpu::built_with_cuda()) GTEST_SKIP() << "built with CUDA";
@@ -219,19 +202,6 @@ TEST(Gpu, WithoutCudaEveryCallSaysSo) {
   std::byte a[4]{}, b[4]{};
   const gpu::DiffInput in{a, b, DType::kU8, 4};
   EXPECT_EQ(differ.diff({&in, 1}, nullptr).status().code(), ErrorCode::kUnsupported);
-}
-
-gpu::DeviceBuffer upload(std::span<const std::byte> bytes) {
-  auto b = gpu::DeviceBuffer::allocate(bytes.size());
-  EXPECT_TRUE(b.ok()) << b.status().to_string();
-  EXPECT_TRUE(gpu::copy(b->data(), bytes.data(), bytes.size(), nullptr).ok());
-  return std::move(*b);
-}
-
-std::vector<std::byte> download(const void* device, size_t bytes) {
-  std::vector<std::byte> out(bytes);
-  EXPECT_TRUE(gpu::copy(out.data(), device, bytes, nullptr).ok());
-  return out;
 }
 
 // The device diff equals diff_elements (positions, and the values there) for every width, at sizes that end

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "dws/checkpoint.h"
 #include "dws/dtype.h"
 #include "dws/patch.h"
 #include "dws/status.h"
@@ -177,5 +178,55 @@ struct ApplyTensorStats {
 // base, is E_UNSUPPORTED here.
 Result<ApplyTensorStats> apply_tensor(const Patch& patch, const PatchTensor& tensor, const DeviceTensor& dst,
                                       Stream stream);
+
+// ---- model tensors on the device: the trainer's tracker and the receiver's apply (python/dws uses both) ----
+
+// A named tensor in device memory (or pinned host memory), not owned; `data` aligned to its elements.
+struct NamedDeviceTensor {
+  std::string name;
+  DType dtype = DType::kU8;
+  std::vector<uint64_t> shape;
+  void* data = nullptr;
+  uint64_t numel() const;
+};
+
+// The trainer side for weights on the device: keeps a snapshot of the last published state (in device
+// memory, or in pinned host memory to spare the device's) and yields each version's changes as a
+// ChangeTracker does (TrackedTensorChanges, for create_patch_from_changes), found by the device diff. Only
+// the changes reach the host; target digests are derived in O(changes) from the changed 8-byte words,
+// which one gather reads from the snapshot. Calls are ordered on the stream given and return when done.
+class DeviceChangeTracker {
+ public:
+  enum class Memory { kDevice, kPinnedHost };
+  explicit DeviceChangeTracker(Memory snapshot_memory = Memory::kDevice);
+  ~DeviceChangeTracker();
+  DeviceChangeTracker(DeviceChangeTracker&&) noexcept;
+  DeviceChangeTracker& operator=(DeviceChangeTracker&&) noexcept;
+
+  // Starts over from `tensors` as they are now: copies them into the snapshot and returns their tensor
+  // digests, computed on the host from one copy of each tensor (O(model)). Names must be unique.
+  Result<TensorDigests> reset(std::span<const NamedDeviceTensor> tensors, Stream stream);
+  // The changes of `tensors` since the last reset() or take(), tensors without changes left out, and the
+  // snapshot brought to their state. `tensors` must match reset's in order, names, dtypes and shapes
+  // (E_INVALID_ARGUMENT otherwise). On any error the tracker forgets its snapshot: reset() again.
+  Result<std::vector<TrackedTensorChanges>> take(std::span<const NamedDeviceTensor> tensors, Stream stream);
+
+  bool has_snapshot() const;
+  const TensorDigests& digests() const;  // of the snapshot's tensors
+  uint64_t snapshot_bytes() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// apply_patch_to_tensors for device tensors: same contract (the caller vouches for `digests`, each must
+// equal the patch's base digest; every result is checked against its target digest before anything is
+// written, so a refused patch leaves every tensor untouched; E_UNSUPPORTED for a patch that adds, removes or
+// re-shapes tensors). Payloads are decoded on the host into operands; the changed words are gathered from
+// the device to check the digests in O(changes); then one scatter writes every change. Native's class layout
+// needs the whole base: E_UNSUPPORTED (reload such a tensor whole). Returns the elements written.
+Result<uint64_t> apply_patch_to_device_tensors(const Patch& patch, std::span<const NamedDeviceTensor> tensors,
+                                               TensorDigests& digests, Stream stream);
 
 }  // namespace dws::gpu

@@ -7,7 +7,7 @@ weights that changed.
     sub = dws.Subscriber("s3://bucket/run1", local="/tmp/run1.safetensors")   # receiver side
     sub.pull(into=engine_tensors)                      # in place, O(changes), verified
 
-Importing dws never imports torch: numpy arrays and torch CPU tensors are both accepted.
+Importing dws never imports torch: numpy arrays and torch tensors (CPU or CUDA) are accepted.
 """
 from dws import errors
 from dws.errors import (AccessDeniedError, AuthenticationError, CorruptInputError, DwsError, DwsIOError, ExistsError, InvalidArgumentError,

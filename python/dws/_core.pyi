@@ -73,10 +73,10 @@ def pull(store: Store, local: str, version: int | None = None, threads: int = 0,
 
 class TensorArg:
     """
-    A tensor's memory (numpy array or torch CPU tensor, C-contiguous) with its safetensors dtype name and shape.
+    A tensor's memory (numpy array, torch CPU or CUDA tensor; C-contiguous) with its safetensors dtype name and shape.
     """
 
-    def __init__(self, name: str, dtype: str, shape: Sequence[int], array: Annotated[NDArray, dict(order='C', device='cpu')]) -> None: ...
+    def __init__(self, name: str, dtype: str, shape: Sequence[int], array: Annotated[NDArray, dict(order='C')]) -> None: ...
 
     @property
     def name(self) -> str: ...
@@ -87,27 +87,65 @@ class TensorArg:
     @property
     def shape(self) -> list[int]: ...
 
+    @property
+    def on_device(self) -> bool:
+        """Whether the memory is a CUDA device's."""
+
 def apply_patch_to_tensors(patch: Patch, tensors: Sequence[TensorArg], digests: Mapping[str, str]) -> tuple:
     """
     Applies the patch into the tensors in place, in O(changes); returns (elements written, new digests).
     """
 
-def write_checkpoint(path: str, tensors: Sequence[TensorArg], metadata: Mapping[str, str] = {}) -> None:
+def write_checkpoint(path: str, tensors: Sequence[TensorArg], metadata: Mapping[str, str] = {}, stream: int = 0) -> None:
     """
-    Writes the tensors as one safetensors file, atomically (replacing `path`).
+    Writes the tensors (host or CUDA; CUDA ones copied on `stream`) as one safetensors file, atomically (replacing `path`).
     """
 
-def load_into(local: str, tensors: Sequence[TensorArg]) -> None:
+def load_into(local: str, tensors: Sequence[TensorArg], stream: int = 0) -> None:
     """
-    Copies each named tensor of the checkpoint at `local` into the given tensor (same dtype and shape).
+    Copies each named tensor of the checkpoint at `local` into the given tensor (same dtype and shape; host or CUDA, CUDA ones on `stream`).
     """
 
 def tensor_names(local: str) -> list[tuple[str, str, list[int]]]:
     """(name, dtype, shape) of every tensor of a checkpoint."""
 
-def tensor_digest(tensor: TensorArg) -> str:
+def tensor_digest(tensor: TensorArg, stream: int = 0) -> str:
     """
-    The format-v2 tensor digest (docs/patch-format.md §5) of one tensor, as 32 hex digits.
+    The format-v2 tensor digest (docs/patch-format.md §5) of one tensor, as 32 hex digits (a CUDA tensor is copied to the host on `stream`).
+    """
+
+def cuda_devices() -> int:
+    """
+    CUDA devices this build can use (0 when built without CUDA or none is visible).
+    """
+
+class DeviceTracker:
+    """
+    The changes of CUDA tensors against a snapshot of the last published state, found on the device (dws::gpu::DeviceChangeTracker).
+    """
+
+    def __init__(self, snapshot_memory: str = 'device') -> None: ...
+
+    def reset(self, tensors: Sequence[TensorArg], stream: int = 0) -> dict[str, str]:
+        """
+        Snapshots the tensors as they are now (O(model)); returns their digests {name: hex}.
+        """
+
+    def take(self, tensors: Sequence[TensorArg], stream: int = 0) -> TakenChanges:
+        """
+        The changes since the last reset or take, as TakenChanges (only they reach the host); the snapshot follows. After an error, reset again.
+        """
+
+    @property
+    def has_snapshot(self) -> bool: ...
+
+    @property
+    def snapshot_bytes(self) -> int:
+        """Bytes the snapshot holds (device or pinned host)."""
+
+def apply_patch_to_device_tensors(patch: Patch, tensors: Sequence[TensorArg], digests: Mapping[str, str], stream: int = 0) -> tuple:
+    """
+    apply_patch_to_tensors for CUDA tensors, on `stream`: checked in O(changes), then one scatter; returns (elements written, new digests).
     """
 
 def publish_prepared(store: Store, patch_path: str, anchor_path: str, step: int | None = None, threads: int = 0, auth: AuthKey | None = None) -> dict:
@@ -133,7 +171,7 @@ class ChangeTracker:
 
     def __init__(self) -> None: ...
 
-    def write(self, tensor: TensorArg, offset: int, values: Annotated[NDArray, dict(order='C', device='cpu')]) -> None:
+    def write(self, tensor: TensorArg, offset: int, values: Annotated[NDArray, dict(order='C')]) -> None:
         """
         Copies `values` into the tensor from element `offset` on, noting every element whose bits change.
         """

@@ -1,4 +1,6 @@
-"""Tensors from numpy and PyTorch (CPU) as the native core takes them, without importing torch."""
+"""Tensors from numpy and PyTorch (CPU or CUDA) as the native core takes them, without importing torch."""
+import sys
+
 from dws import _core
 
 # torch dtypes by their str() (so torch is never imported here), and numpy dtypes by name.
@@ -33,11 +35,12 @@ def dtype_name(t):
 
 
 def tensor_arg(name, t):
-    """A _core.TensorArg viewing `t`'s memory (no copy). CPU and C-contiguous only."""
+    """A _core.TensorArg viewing `t`'s memory (no copy): a numpy array, or a torch tensor on the CPU or a
+    CUDA device; C-contiguous."""
     dtype = dtype_name(t)  # TypeError for anything that is not a numpy array or torch tensor
     if is_torch(t):
-        if t.device.type != "cpu":
-            raise ValueError(f"dws: tensor '{name}' is on {t.device}; CUDA tensors arrive with the GPU path")
+        if t.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"dws: tensor '{name}' is on {t.device}; dws takes CPU and CUDA tensors")
         if not t.is_contiguous():
             raise ValueError(f"dws: tensor '{name}' is not contiguous; pass .contiguous()")
         shape = [int(d) for d in t.shape]
@@ -53,3 +56,26 @@ def tensor_arg(name, t):
 def tensor_args(mapping):
     """_core.TensorArgs for a {name: tensor} mapping, in name order."""
     return [tensor_arg(name, mapping[name]) for name in sorted(mapping)]
+
+
+def on_device(args):
+    """Whether the TensorArgs are CUDA tensors: True for all, False for none; mixing is a ValueError."""
+    kinds = {a.on_device for a in args}
+    if len(kinds) > 1:
+        names = sorted(a.name for a in args if a.on_device)[:3]
+        raise ValueError(f"dws: a mapping mixes CUDA tensors ({', '.join(names)}, ...) with CPU ones; move them to one side")
+    return kinds == {True}
+
+
+def cuda_stream(mapping, stream):
+    """The CUDA stream (an int, a cudaStream_t) that device work on `mapping`'s tensors is ordered on:
+    `stream` when given (an int or anything with .cuda_stream, e.g. torch.cuda.Stream); otherwise PyTorch's
+    current stream of the tensors' device (torch is already imported by whoever made them); 0 (the legacy
+    default stream) for tensors that are not PyTorch's."""
+    if stream is not None:
+        return int(getattr(stream, "cuda_stream", stream))
+    torch = sys.modules.get("torch")
+    for t in mapping.values():
+        if torch is not None and is_torch(t) and t.device.type == "cuda":
+            return int(torch.cuda.current_stream(t.device).cuda_stream)
+    return 0

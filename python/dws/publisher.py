@@ -6,7 +6,7 @@ import threading
 import time
 
 from dws import _core
-from dws._tensors import tensor_args
+from dws._tensors import cuda_stream, on_device, tensor_args
 from dws.errors import ExistsError
 
 
@@ -64,10 +64,19 @@ class Publisher:
         signed with it (HMAC-SHA256, with each file's SHA-256), and the store's earlier versions must
         be signed with it too (AuthenticationError otherwise). None: unsigned versions.
     endpoint: S3 endpoint URL override.
+
+    CUDA tensors (docs/gpu.md): with one writer, versions are found on the device against a snapshot of
+    the last published state kept in `snapshot_memory` ("device", or "host": pinned host memory, sparing
+    the device's); only the changes reach the host, and versions are published as with a tracker (the
+    first version and anchors copy the whole mapping to the host). With several writers the mapping is
+    copied to the host and published in snapshot mode. Device work is ordered on `stream` (an int
+    cudaStream_t or a torch.cuda.Stream; None: PyTorch's current stream of the tensors' device) and
+    publish/publish_async return from the capture once it is done, so the tensors may then be written.
     """
 
     def __init__(self, store, *, snapshot=None, staging_dir=None, anchor_every=16, threads=0, queue_size=1,
-                 writers=1, rank=0, lockstep_timeout=600.0, tracker=None, secret_file=None, endpoint=""):
+                 writers=1, rank=0, lockstep_timeout=600.0, tracker=None, secret_file=None, endpoint="",
+                 snapshot_memory="device", stream=None):
         if not 0 <= rank < writers:
             raise ValueError(f"dws: rank {rank} of {writers} writers (ranks count from 0)")
         if tracker is not None and writers > 1:
@@ -88,6 +97,10 @@ class Publisher:
         os.makedirs(os.path.dirname(os.path.abspath(snapshot)), exist_ok=True)
         self.anchor_every, self.threads = anchor_every, threads
         self.tracker = tracker
+        if snapshot_memory not in ("device", "host"):
+            raise ValueError(f"dws: snapshot_memory is {snapshot_memory!r}; use 'device' or 'host'")
+        self.snapshot_memory, self.stream = snapshot_memory, stream
+        self._device = None  # _core.DeviceTracker, made on the first CUDA publish
         self._tracked = None  # _Tracked, or None: the next tracked publish is an anchor
         self._queue = queue.Queue(maxsize=max(1, queue_size))
         self._worker = None
@@ -95,7 +108,7 @@ class Publisher:
         self._lock = threading.Lock()
 
     def publish(self, state_dict, *, step=None, anchor=False):
-        """Publishes `state_dict` ({name: numpy array or torch CPU tensor}) as the next version and
+        """Publishes `state_dict` ({name: numpy array, or torch tensor on the CPU or a CUDA device}) as the next version and
         returns {"version", "committed", "changes", "delta_bytes", "state_digest", ...}. Waits for any
         publish_async still running first, so versions stay in call order."""
         self.wait()
@@ -146,28 +159,49 @@ class Publisher:
     # ---- capture (caller's thread) and run (background) ----
 
     def _capture(self, state_dict, step, anchor):
-        if self.tracker is None:
-            return _Job(self._run_snapshot, step=step, anchor=anchor, checkpoint=self._stage(state_dict))
+        args = tensor_args(state_dict)
+        device = on_device(args)
+        stream = cuda_stream(state_dict, self.stream) if device else 0
+        if device and self.tracker is not None:
+            raise ValueError("dws: a ChangeTracker records writes to CPU tensors; CUDA tensors are tracked on the device "
+                             "(leave tracker=None)")
+        if self.tracker is None and not (device and self.writers == 1):
+            return _Job(self._run_snapshot, step=step, anchor=anchor, checkpoint=self._stage(args, stream))
+        try:
+            return self._capture_tracked(args, step, anchor, device, stream)
+        except BaseException:
+            self._forget_tracked()  # the next version starts over from an anchor
+            raise
+
+    def _capture_tracked(self, args, step, anchor, device, stream):
+        """A version from recorded changes: the ChangeTracker's, or the device tracker's for CUDA tensors."""
         if self._tracked is not None and self._tracked.version is None:
             self.wait()  # the first version's number is known once it is committed (once per Publisher)
-        args = tensor_args(state_dict)
         layout = [(a.name, a.dtype, tuple(a.shape)) for a in args]
         rec = self._tracked
         descends = rec is not None and rec.layout == layout and not anchor
         job = _Job(self._run_tracked, step=step, anchor=anchor, scratch_dir=self.staging_dir)
         if descends:
-            job.taken = self.tracker._core.take(args, rec.digests)  # O(changes); clears the record
+            if device:
+                job.taken = self._device.take(args, stream)  # O(changes) to the host
+            else:
+                job.taken = self.tracker._core.take(args, rec.digests)  # O(changes); clears the record
             job.args, job.base_digests = args, rec.digests
             digests = dict(rec.digests)
             digests.update(job.taken.target_digests)
             version = rec.version + 1
             want_anchor = self.anchor_every > 0 and version % self.anchor_every == 0
         else:
-            self.tracker.clear()
-            digests = {a.name: _core.tensor_digest(a) for a in args}  # O(model): an anchor follows
+            if device:
+                if self._device is None:
+                    self._device = _core.DeviceTracker(self.snapshot_memory)
+                digests = self._device.reset(args, stream)  # O(model): an anchor follows
+            else:
+                self.tracker.clear()
+                digests = {a.name: _core.tensor_digest(a) for a in args}  # O(model): an anchor follows
             version, want_anchor = None, True
         if want_anchor:
-            job.checkpoint = self._stage(state_dict)
+            job.checkpoint = self._stage(args, stream)
         job.record = self._tracked = _Tracked(version, layout, digests)
         return job
 
@@ -204,11 +238,11 @@ class Publisher:
     def _forget_tracked(self):
         self._tracked = None
 
-    def _stage(self, state_dict):
+    def _stage(self, args, stream):
         fd, path = tempfile.mkstemp(prefix=".dws-stage-", suffix=".safetensors", dir=self.staging_dir)
         os.close(fd)
         try:
-            _core.write_checkpoint(path, tensor_args(state_dict))
+            _core.write_checkpoint(path, args, stream=stream)
         except BaseException:
             _remove(path)
             raise

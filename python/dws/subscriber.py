@@ -3,8 +3,8 @@ import os
 import threading
 
 from dws import _core
-from dws._tensors import tensor_args
-from dws.errors import MismatchError, NotFoundError, StoreUnavailableError
+from dws._tensors import cuda_stream, on_device, tensor_args
+from dws.errors import DwsError, MismatchError, NotFoundError, StoreUnavailableError
 
 
 class Subscriber:
@@ -19,6 +19,11 @@ class Subscriber:
 
     secret_file: the file holding the secret the trainer signs with: only versions signed with it are
     taken (AuthenticationError otherwise, the local checkpoint and the mapping untouched). None: any.
+
+    A mapping of CUDA tensors follows on the device (docs/gpu.md): each patch is decoded and checked on
+    the host in O(changes) (the changed words are read back from the device for the digest check) and
+    scattered where the tensors live; a patch the device cannot take without the whole base (native's
+    class layout) makes the mapping reload whole from the local checkpoint.
     """
 
     def __init__(self, store, local, *, threads=0, secret_file=None, endpoint=""):
@@ -32,22 +37,27 @@ class Subscriber:
         self._follow_thread = None
         self._stop = threading.Event()
 
-    def pull(self, into=None, version=None, audit=False, on_patch=None):
+    def pull(self, into=None, version=None, audit=False, on_patch=None, stream=None):
         """Brings the local checkpoint (and `into`, a {name: tensor} mapping of the model's tensors,
         same names, dtypes and shapes) to `version` (default: the latest). `audit` rescans the local
         checkpoint and the mapping instead of trusting their recorded digests. Returns pull's dict
         (version, applied, used_anchor, bytes_downloaded, ...) plus "into_changes": elements written
         into the mapping by patches (None when it was reloaded whole). on_patch(patch), when given, is
         called with each patch applied (its .tensors and .positions(name) describe what it wrote; valid
-        during the call only); patches applied while restoring an anchor are not passed (used_anchor)."""
+        during the call only); patches applied while restoring an anchor are not passed (used_anchor).
+        For CUDA tensors, device work is ordered on `stream` (an int cudaStream_t or a torch.cuda.Stream;
+        None: PyTorch's current stream of their device) and done when pull returns."""
         args = None
         digests = None
+        device, cuda = False, 0
         if into is not None:
             args = tensor_args(into)
+            device = on_device(args)
+            cuda = cuda_stream(into, stream) if device else 0
             if self._mirror_id == id(into):
                 digests = self._mirror_digests
                 if audit:  # do not trust the recorded digests: rescan the mapping (O(model))
-                    digests = {a.name: _core.tensor_digest(a) for a in args}
+                    digests = {a.name: _core.tensor_digest(a, cuda) for a in args}
         state = {"digests": digests, "changes": 0, "stale": digests is None}
 
         def apply(patch):
@@ -56,10 +66,17 @@ class Subscriber:
             if args is None or state["stale"]:
                 return
             try:
-                written, state["digests"] = _core.apply_patch_to_tensors(patch, args, state["digests"])
+                if device:
+                    written, state["digests"] = _core.apply_patch_to_device_tensors(patch, args, state["digests"], cuda)
+                else:
+                    written, state["digests"] = _core.apply_patch_to_tensors(patch, args, state["digests"])
                 state["changes"] += written
             except MismatchError:
                 state["stale"] = True  # the mapping is not at the patch's base: reload it whole below
+            except DwsError as e:
+                if not (device and e.name == "E_UNSUPPORTED"):
+                    raise
+                state["stale"] = True  # needs the whole base (native's class layout): reload it whole below
 
         user_on_patch = on_patch
         hook = apply if (args is not None or on_patch is not None) else None
@@ -73,8 +90,8 @@ class Subscriber:
             if not state["stale"] and local and any(state["digests"].get(a.name) != local.get(a.name) for a in args):
                 state["stale"] = True
             if state["stale"] or result["used_anchor"]:
-                _core.load_into(self.local, args)
-                digests = result["tensor_digests"] or {a.name: _core.tensor_digest(a) for a in args}
+                _core.load_into(self.local, args, cuda)
+                digests = result["tensor_digests"] or {a.name: _core.tensor_digest(a, cuda) for a in args}
                 self._mirror_digests = {a.name: digests[a.name] for a in args}
             else:
                 self._mirror_digests = state["digests"]
@@ -82,10 +99,11 @@ class Subscriber:
             self._mirror_id = id(into)
         return result
 
-    def follow(self, into=None, poll_seconds=1.0, on_version=None, on_error=None):
+    def follow(self, into=None, poll_seconds=1.0, on_version=None, on_error=None, stream=None):
         """Pulls on a background thread every `poll_seconds` until stop(). on_version(result) after each
         pull that reached a new version; on_error(exception) when a pull fails (the loop goes on when the
-        store is only unavailable, and stops on any other error)."""
+        store is only unavailable, and stops on any other error). `stream` as for pull (None: the
+        background thread's current stream, PyTorch's default stream of the device)."""
         if self._follow_thread is not None:
             raise RuntimeError("dws: this Subscriber is already following")
         self._stop.clear()
@@ -94,7 +112,7 @@ class Subscriber:
             last = self.version
             while not self._stop.is_set():
                 try:
-                    r = self.pull(into=into)
+                    r = self.pull(into=into, stream=stream)
                     if r["version"] != last and on_version:
                         on_version(r)
                     last = r["version"]

@@ -72,7 +72,8 @@ def _numel(t):
 def _cast(chunk, like):
     if is_torch(chunk):
         if chunk.device.type != "cpu":
-            raise ValueError(f"dws: values on {chunk.device}; CUDA tensors arrive with the GPU path")
+            raise ValueError(f"dws: values on {chunk.device}; a ChangeTracker tracks CPU tensors (CUDA tensors are "
+                             "tracked on the device by a Publisher without a tracker)")
         return chunk.to(like.dtype).contiguous()
     import numpy as np  # numpy is a dependency of any numpy input
     return np.ascontiguousarray(chunk, dtype=like.dtype)

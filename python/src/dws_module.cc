@@ -1,7 +1,8 @@
 // dws._core: the nanobind bindings behind the `dws` Python package (python/dws). Thin by design: the
 // Python layer (Publisher, Subscriber) composes these calls. Tensors cross as nanobind ndarrays (the
-// buffer protocol or DLPack: numpy arrays, torch CPU tensors) without copies; the GIL is released for
-// every call that does I/O or hashing. Errors become dws._core.Error(code, name, message); python/dws/
+// buffer protocol or DLPack: numpy arrays, torch CPU and CUDA tensors) without copies; the GIL is released
+// for every call that does I/O, hashing or device work. Device calls take a CUDA stream as an int (a
+// cudaStream_t; 0 is the legacy default stream) and run on the tensors' device. Errors become dws._core.Error(code, name, message); python/dws/
 // errors.py maps them to exception classes, in one place.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
@@ -13,11 +14,13 @@
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/vector.h>
 
+#include <cstring>
 #include <memory>
 
 #include "dws/auth.h"
 #include "dws/checkpoint.h"
 #include "dws/digest.h"
+#include "dws/gpu.h"
 #include "dws/patch.h"
 #include "dws/store.h"
 #include "dws/sync.h"
@@ -51,28 +54,89 @@ T value_or_raise(dws::Result<T>&& r) {
   return std::move(r).value();
 }
 
-// A CPU tensor of any dtype, as raw bytes. The dtype name and shape come from the Python side, which
-// knows the framework's dtype (numpy has no bfloat16); the byte size must agree.
-using AnyArray = nb::ndarray<nb::c_contig, nb::device::cpu>;
+// A tensor of any dtype on the host or a CUDA device, as raw bytes. The dtype name and shape come from the
+// Python side, which knows the framework's dtype (numpy has no bfloat16); the byte size must agree.
+using AnyArray = nb::ndarray<nb::c_contig>;
 
 struct TensorArg {
   std::string name;
   std::string dtype;
   std::vector<uint64_t> shape;
   AnyArray array;
+  bool on_device() const { return array.device_type() == nb::device::cuda::value; }
 };
 
-dws::TensorView to_view(const TensorArg& t) {
+struct CheckedArg {
+  dws::DType dtype;
+  uint64_t bytes;
+};
+
+CheckedArg check_arg(const TensorArg& t) {
   auto dt = dws::dtype_from_name(t.dtype);
   if (!dt) raise(dws::make_error(dws::ErrorCode::kDtype, "tensor '" + t.name + "': unknown safetensors dtype '" + t.dtype + "'"));
-  uint64_t numel = 1;
-  for (uint64_t d : t.shape) numel *= d;
-  const uint64_t want = numel * dws::dtype_size_bytes(*dt);
-  if (t.array.nbytes() != want) {
-    raise(dws::make_error(dws::ErrorCode::kInvalidArgument, "tensor '" + t.name + "': " + std::to_string(t.array.nbytes()) +
-                                                                " bytes, but " + t.dtype + " of that shape is " + std::to_string(want)));
+  const int device = t.array.device_type();
+  if (device != nb::device::cpu::value && device != nb::device::cuda::value && device != nb::device::cuda_host::value) {
+    raise(dws::make_error(dws::ErrorCode::kInvalidArgument,
+                          "tensor '" + t.name + "': DLPack device type " + std::to_string(device) + " (dws takes host and CUDA memory)"));
   }
-  return dws::TensorView{t.name, *dt, t.shape, std::span(static_cast<std::byte*>(t.array.data()), t.array.nbytes())};
+  auto want = dws::checked_size_bytes(*dt, t.shape);
+  if (!want || t.array.nbytes() != *want) {
+    raise(dws::make_error(dws::ErrorCode::kInvalidArgument, "tensor '" + t.name + "': " + std::to_string(t.array.nbytes()) +
+                                                                " bytes, but " + t.dtype + " of that shape is " +
+                                                                (want ? std::to_string(*want) : std::string("too large"))));
+  }
+  return {*dt, *want};
+}
+
+// A host view of the tensor; a tensor in device memory is refused (this call reads it on the host).
+dws::TensorView to_view(const TensorArg& t) {
+  const CheckedArg c = check_arg(t);
+  if (t.on_device()) {
+    raise(dws::make_error(dws::ErrorCode::kInvalidArgument, "tensor '" + t.name + "' is on CUDA device " + std::to_string(t.array.device_id()) +
+                                                                "; this call reads tensors on the host"));
+  }
+  return dws::TensorView{t.name, c.dtype, t.shape, std::span(static_cast<std::byte*>(t.array.data()), c.bytes)};
+}
+
+// The layout a tensor describes (name, dtype, shape), wherever its memory is.
+dws::TensorSpec to_spec(const TensorArg& t) { return dws::TensorSpec{t.name, check_arg(t).dtype, t.shape}; }
+
+dws::gpu::Stream as_stream(uintptr_t stream) { return reinterpret_cast<dws::gpu::Stream>(stream); }
+
+// Makes the CUDA device of the tensors in device memory the calling thread's current one; they must share
+// it. Returns whether any tensor is in device memory.
+bool select_device(const std::vector<TensorArg>& tensors) {
+  int device = -1;
+  for (const TensorArg& t : tensors) {
+    if (!t.on_device()) continue;
+    if (device >= 0 && t.array.device_id() != device) {
+      raise(dws::make_error(dws::ErrorCode::kInvalidArgument, "tensor '" + t.name + "' is on CUDA device " + std::to_string(t.array.device_id()) +
+                                                                  ", others on device " + std::to_string(device)));
+    }
+    device = t.array.device_id();
+  }
+  if (device >= 0) check(dws::gpu::set_device(device));
+  return device >= 0;
+}
+
+// Device tensors, all on one CUDA device, which becomes the calling thread's current device.
+std::vector<dws::gpu::NamedDeviceTensor> to_device_tensors(const std::vector<TensorArg>& tensors) {
+  std::vector<dws::gpu::NamedDeviceTensor> out;
+  out.reserve(tensors.size());
+  for (const TensorArg& t : tensors) {
+    const CheckedArg c = check_arg(t);
+    if (!t.on_device()) raise(dws::make_error(dws::ErrorCode::kInvalidArgument, "tensor '" + t.name + "' is not on a CUDA device"));
+    out.push_back({t.name, c.dtype, t.shape, t.array.data()});
+  }
+  select_device(tensors);
+  return out;
+}
+
+// Copies `bytes` between the host and a tensor wherever it lives (device memory: on `stream`, waited for).
+dws::Status copy_tensor_bytes(void* dst, const void* src, uint64_t bytes, bool device, uintptr_t stream) {
+  if (device) return dws::gpu::copy(dst, src, bytes, as_stream(stream));
+  std::memcpy(dst, src, bytes);
+  return dws::Status::Ok();
 }
 
 std::vector<dws::TensorView> to_views(const std::vector<TensorArg>& tensors) {
@@ -99,11 +163,11 @@ dws::TensorDigests digests_from_hex(const std::map<std::string, std::string>& he
 }
 
 // The single-file layout write_checkpoint gives these tensors (in the order given: tensor_args sorts by name).
-dws::CheckpointLayout layout_of(const std::vector<dws::TensorView>& views, const std::string& file) {
+dws::CheckpointLayout layout_of(const std::vector<TensorArg>& tensors, const std::string& file) {
   dws::CheckpointLayout layout;
   layout.shards.emplace_back();
   layout.shards[0].file = file;
-  for (const auto& v : views) layout.shards[0].tensors.push_back(dws::TensorSpec{v.name, v.dtype, v.shape});
+  for (const auto& t : tensors) layout.shards[0].tensors.push_back(to_spec(t));
   return layout;
 }
 
@@ -260,11 +324,13 @@ NB_MODULE(_core, m) {
       "Brings the local checkpoint to `version` (default: the latest) in place (dws::pull); on_patch(patch) after each applied patch; "
       "auth: take only versions signed with this AuthKey (AuthenticationError otherwise).");
 
-  nb::class_<TensorArg>(m, "TensorArg", "A tensor's memory (numpy array or torch CPU tensor, C-contiguous) with its safetensors dtype name and shape.")
+  nb::class_<TensorArg>(m, "TensorArg",
+                        "A tensor's memory (numpy array, torch CPU or CUDA tensor; C-contiguous) with its safetensors dtype name and shape.")
       .def(nb::init<std::string, std::string, std::vector<uint64_t>, AnyArray>(), "name"_a, "dtype"_a, "shape"_a, "array"_a)
       .def_ro("name", &TensorArg::name)
       .def_ro("dtype", &TensorArg::dtype)
-      .def_ro("shape", &TensorArg::shape);
+      .def_ro("shape", &TensorArg::shape)
+      .def_prop_ro("on_device", &TensorArg::on_device, "Whether the memory is a CUDA device's.");
 
   m.def(
       "apply_patch_to_tensors",
@@ -288,55 +354,63 @@ NB_MODULE(_core, m) {
 
   m.def(
       "write_checkpoint",
-      [](const std::string& path, const std::vector<TensorArg>& tensors, const std::map<std::string, std::string>& metadata) {
-        auto views = to_views(tensors);
+      [](const std::string& path, const std::vector<TensorArg>& tensors, const std::map<std::string, std::string>& metadata,
+         uintptr_t stream) {
         dws::CheckpointLayout layout;
         layout.shards.emplace_back();
         layout.shards[0].file = path.substr(path.find_last_of('/') + 1);
         for (const auto& [k, v] : metadata) layout.shards[0].metadata[k] = v;
-        std::map<std::string, const dws::TensorView*, std::less<>> by_name;
-        for (const auto& v : views) {
-          if (!by_name.emplace(v.name, &v).second) raise(dws::make_error(dws::ErrorCode::kDuplicate, "tensor '" + v.name + "' given twice"));
-          layout.shards[0].tensors.push_back(dws::TensorSpec{v.name, v.dtype, v.shape});
+        std::map<std::string, const TensorArg*, std::less<>> by_name;
+        for (const auto& t : tensors) {
+          if (!by_name.emplace(t.name, &t).second) raise(dws::make_error(dws::ErrorCode::kDuplicate, "tensor '" + t.name + "' given twice"));
+          layout.shards[0].tensors.push_back(to_spec(t));
         }
+        select_device(tensors);
         nb::gil_scoped_release release;
         dws::Status st = dws::write_checkpoint(path, layout,
                                                [&](const dws::TensorSpec& spec, std::span<std::byte> out) {
-                                                 const auto& v = *by_name.at(spec.name);
-                                                 std::memcpy(out.data(), v.data.data(), out.size());
-                                                 return dws::Status::Ok();
+                                                 const TensorArg& t = *by_name.at(spec.name);
+                                                 return copy_tensor_bytes(out.data(), t.array.data(), out.size(), t.on_device(), stream)
+                                                     .with_context("tensor '" + spec.name + "'");
                                                },
                                                /*overwrite=*/true);
         nb::gil_scoped_acquire acquire;
         check(st);
       },
-      "path"_a, "tensors"_a, "metadata"_a = std::map<std::string, std::string>(),
-      "Writes the tensors as one safetensors file, atomically (replacing `path`).");
+      "path"_a, "tensors"_a, "metadata"_a = std::map<std::string, std::string>(), "stream"_a = 0,
+      "Writes the tensors (host or CUDA; CUDA ones copied on `stream`) as one safetensors file, atomically (replacing `path`).");
 
   m.def(
       "load_into",
-      [](const std::string& local, const std::vector<TensorArg>& tensors) {
-        auto views = to_views(tensors);
+      [](const std::string& local, const std::vector<TensorArg>& tensors, uintptr_t stream) {
+        std::vector<dws::TensorSpec> specs;
+        for (const auto& t : tensors) specs.push_back(to_spec(t));
+        select_device(tensors);
         nb::gil_scoped_release release;
         auto cp = dws::Checkpoint::open(local);
         dws::Status st = cp.status();
-        for (size_t i = 0; st.ok() && i < views.size(); ++i) {
-          const auto& v = views[i];
+        for (size_t i = 0; st.ok() && i < tensors.size(); ++i) {
+          const dws::TensorSpec& v = specs[i];
           const dws::CheckpointTensor* t = cp->find(v.name);
           if (!t) {
             st = dws::make_error(dws::ErrorCode::kNotFound, local + " has no tensor '" + v.name + "'");
           } else if (t->dtype != v.dtype || t->shape != v.shape) {
             st = dws::make_error(dws::ErrorCode::kInvalidArgument, "tensor '" + v.name + "': " + local + " holds " +
-                                                                       std::string(dws::dtype_name(t->dtype)) + " of another shape or dtype");
+                                                                       std::string(dws::dtype_name(t->dtype)) + " " + dws::shape_string(t->shape) +
+                                                                       ", the tensor is " + std::string(dws::dtype_name(v.dtype)) + " " +
+                                                                       dws::shape_string(v.shape));
           } else {
             const auto bytes = cp->bytes(*t);
-            std::memcpy(v.data.data(), bytes.data(), bytes.size());
+            st = copy_tensor_bytes(tensors[i].array.data(), bytes.data(), bytes.size(), tensors[i].on_device(), stream)
+                     .with_context("tensor '" + v.name + "'");
           }
         }
         nb::gil_scoped_acquire acquire;
         check(st);
       },
-      "local"_a, "tensors"_a, "Copies each named tensor of the checkpoint at `local` into the given tensor (same dtype and shape).");
+      "local"_a, "tensors"_a, "stream"_a = 0,
+      "Copies each named tensor of the checkpoint at `local` into the given tensor (same dtype and shape; host or CUDA, "
+      "CUDA ones on `stream`).");
 
   m.def(
       "tensor_names",
@@ -350,11 +424,94 @@ NB_MODULE(_core, m) {
 
   m.def(
       "tensor_digest",
-      [](const TensorArg& t) {
-        const auto v = to_view(t);
-        return dws::digest_hex(dws::tensor_digest(v.name, v.dtype, v.shape, v.data));
+      [](const TensorArg& t, uintptr_t stream) {
+        if (!t.on_device()) {
+          const auto v = to_view(t);
+          return dws::digest_hex(dws::tensor_digest(v.name, v.dtype, v.shape, v.data));
+        }
+        const CheckedArg c = check_arg(t);
+        select_device({t});
+        std::vector<std::byte> host(c.bytes);
+        dws::Status st;
+        {
+          nb::gil_scoped_release release;
+          st = dws::gpu::copy(host.data(), t.array.data(), c.bytes, as_stream(stream));
+        }
+        check(st.with_context("tensor '" + t.name + "'"));
+        return dws::digest_hex(dws::tensor_digest(t.name, c.dtype, t.shape, host));
       },
-      "tensor"_a, "The format-v2 tensor digest (docs/patch-format.md §5) of one tensor, as 32 hex digits.");
+      "tensor"_a, "stream"_a = 0,
+      "The format-v2 tensor digest (docs/patch-format.md §5) of one tensor, as 32 hex digits (a CUDA tensor is copied to the host "
+      "on `stream`).");
+
+  m.def(
+      "cuda_devices",
+      []() -> int {
+        if (!dws::gpu::built_with_cuda()) return 0;
+        auto n = dws::gpu::device_count();
+        return n.ok() ? *n : 0;
+      },
+      "CUDA devices this build can use (0 when built without CUDA or none is visible).");
+
+  nb::class_<dws::gpu::DeviceChangeTracker>(m, "DeviceTracker",
+                                            "The changes of CUDA tensors against a snapshot of the last published state, found on the "
+                                            "device (dws::gpu::DeviceChangeTracker).")
+      .def(
+          "__init__",
+          [](dws::gpu::DeviceChangeTracker* self, const std::string& snapshot_memory) {
+            using Memory = dws::gpu::DeviceChangeTracker::Memory;
+            if (snapshot_memory != "device" && snapshot_memory != "host") {
+              raise(dws::make_error(dws::ErrorCode::kInvalidArgument, "snapshot_memory is '" + snapshot_memory + "'; use 'device' or 'host'"));
+            }
+            new (self) dws::gpu::DeviceChangeTracker(snapshot_memory == "device" ? Memory::kDevice : Memory::kPinnedHost);
+          },
+          "snapshot_memory"_a = "device")
+      .def(
+          "reset",
+          [](dws::gpu::DeviceChangeTracker& t, const std::vector<TensorArg>& tensors, uintptr_t stream) {
+            auto device = to_device_tensors(tensors);
+            dws::Result<dws::TensorDigests> r = dws::make_error(dws::ErrorCode::kInternal, "not run");
+            {
+              nb::gil_scoped_release release;
+              r = t.reset(device, as_stream(stream));
+            }
+            return digests_to_hex(value_or_raise(std::move(r)));
+          },
+          "tensors"_a, "stream"_a = 0, "Snapshots the tensors as they are now (O(model)); returns their digests {name: hex}.")
+      .def(
+          "take",
+          [](dws::gpu::DeviceChangeTracker& t, const std::vector<TensorArg>& tensors, uintptr_t stream) {
+            auto device = to_device_tensors(tensors);
+            dws::Result<std::vector<dws::TrackedTensorChanges>> r = dws::make_error(dws::ErrorCode::kInternal, "not run");
+            {
+              nb::gil_scoped_release release;
+              r = t.take(device, as_stream(stream));
+            }
+            return TakenChanges{value_or_raise(std::move(r))};
+          },
+          "tensors"_a, "stream"_a = 0,
+          "The changes since the last reset or take, as TakenChanges (only they reach the host); the snapshot follows. After an error, "
+          "reset again.")
+      .def_prop_ro("has_snapshot", &dws::gpu::DeviceChangeTracker::has_snapshot)
+      .def_prop_ro("snapshot_bytes", &dws::gpu::DeviceChangeTracker::snapshot_bytes, "Bytes the snapshot holds (device or pinned host).");
+
+  m.def(
+      "apply_patch_to_device_tensors",
+      [](const PatchHandle& p, const std::vector<TensorArg>& tensors, const std::map<std::string, std::string>& digests, uintptr_t stream) {
+        auto device = to_device_tensors(tensors);
+        dws::TensorDigests d = digests_from_hex(digests);
+        dws::Result<uint64_t> r = dws::make_error(dws::ErrorCode::kInternal, "not run");
+        {
+          nb::gil_scoped_release release;
+          r = dws::gpu::apply_patch_to_device_tensors(p.get(), device, d, as_stream(stream));
+        }
+        const uint64_t written = value_or_raise(std::move(r));
+        return nb::make_tuple(written, digests_to_hex(d));
+      },
+      "patch"_a, "tensors"_a, "digests"_a, "stream"_a = 0,
+      "apply_patch_to_tensors for CUDA tensors, on `stream`: checked in O(changes), then one scatter; returns (elements written, new "
+      "digests).");
+
   m.def(
       "publish_prepared",
       [](StoreHandle& s, const std::string& patch_path, const std::string& anchor_path, std::optional<uint64_t> step, size_t threads,
@@ -426,14 +583,14 @@ NB_MODULE(_core, m) {
       "create_patch_from_changes",
       [](const std::vector<TensorArg>& tensors, const std::map<std::string, std::string>& base_digests, const TakenChanges& taken,
          const std::string& patch_path, size_t threads) {
-        auto views = to_views(tensors);
+        const dws::CheckpointLayout layout = layout_of(tensors, "model.safetensors");  // only names, dtypes, shapes are read
         const dws::TensorDigests d = digests_from_hex(base_digests);
         dws::CreatePatchOptions o;
         o.threads = threads;
         dws::Result<dws::PatchStats> r = dws::make_error(dws::ErrorCode::kInternal, "not run");
         {
           nb::gil_scoped_release release;
-          r = dws::create_patch_from_changes(layout_of(views, "model.safetensors"), d, taken.tensors, patch_path, o);
+          r = dws::create_patch_from_changes(layout, d, taken.tensors, patch_path, o);
         }
         const dws::PatchStats st = value_or_raise(std::move(r));
         nb::dict out;

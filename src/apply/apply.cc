@@ -14,12 +14,6 @@ namespace dws {
 
 namespace {
 
-std::string shape_to_string(const std::vector<uint64_t>& shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
-}
-
 Status base_mismatch(const std::string& msg) { return make_error(ErrorCode::kBaseMismatch, msg); }
 
 template <size_t W>
@@ -324,8 +318,8 @@ Result<uint64_t> apply_patch_to_tensors(const Patch& patch, std::span<const Tens
     const uint64_t want_bytes = t.numel() * dtype_size_bytes(t.dtype);
     if (v.dtype != t.dtype || v.shape != t.shape || v.data.size() != want_bytes) {
       return make_error(ErrorCode::kInvalidArgument, what + "tensor '" + t.name + "' is " + std::string(dtype_name(v.dtype)) + " " +
-                                                         shape_to_string(v.shape) + " (" + std::to_string(v.data.size()) + " bytes); the patch expects " +
-                                                         std::string(dtype_name(t.dtype)) + " " + shape_to_string(t.shape));
+                                                         shape_string(v.shape) + " (" + std::to_string(v.data.size()) + " bytes); the patch expects " +
+                                                         std::string(dtype_name(t.dtype)) + " " + shape_string(t.shape));
     }
     auto known = digests.find(t.name);
     if (known == digests.end()) return make_error(ErrorCode::kInvalidArgument, what + "no digest was given for tensor '" + t.name + "'");

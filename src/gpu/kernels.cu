@@ -340,6 +340,30 @@ __global__ void __launch_bounds__(kThreads) scatter_chunks_kernel(const __grid_c
   }
 }
 
+constexpr uint32_t kWordChunksPerLaunch = 790;  // 40-byte chunks
+struct WordGatherBatch {
+  WordGatherChunk chunks[kWordChunksPerLaunch];
+};
+static_assert(sizeof(WordGatherBatch) < 32000, "kernel parameters are limited to 32 KB");
+
+// One block per chunk. A whole word of an 8-aligned tensor is one load; otherwise (a tensor view at an odd
+// offset, or the partial last word) byte loads, zero past the end.
+__global__ void __launch_bounds__(kThreads) gather_words_kernel(const __grid_constant__ WordGatherBatch batch) {
+  const WordGatherChunk& c = batch.chunks[blockIdx.x];
+  const auto* bytes = static_cast<const uint8_t*>(c.tensor);
+  const bool aligned = reinterpret_cast<uintptr_t>(bytes) % 8 == 0;
+  for (uint32_t i = threadIdx.x; i < c.count; i += blockDim.x) {
+    const uint64_t first = c.indices[i] * 8;
+    uint64_t word = 0;
+    if (aligned && first + 8 <= c.tensor_bytes) {
+      word = *reinterpret_cast<const unsigned long long*>(bytes + first);
+    } else {
+      for (uint64_t b = 0; b < 8 && first + b < c.tensor_bytes; ++b) word |= static_cast<uint64_t>(bytes[first + b]) << (8 * b);
+    }
+    c.words[i] = word;
+  }
+}
+
 // Resident blocks of `kernel` on the whole device, cached per kernel by the caller.
 template <typename Kernel>
 unsigned persistent_grid(Kernel kernel, size_t dynamic_smem = 0) {
@@ -581,6 +605,18 @@ Status scatter_chunks(const ScatterChunk* chunks, uint64_t n, Stream stream) {
     batch->n = static_cast<uint32_t>(std::min<uint64_t>(n - first, kChunksPerLaunch));
     std::copy(chunks + first, chunks + first + batch->n, batch->chunks);
     scatter_chunks_kernel<<<batch->n, kThreads, 0, st>>>(*batch);
+    DWS_CUDA(cudaGetLastError());
+  }
+  return Status::Ok();
+}
+
+Status gather_words(const WordGatherChunk* chunks, uint64_t n, Stream stream) {
+  cudaStream_t st = as_stream(stream);
+  for (uint64_t first = 0; first < n; first += kWordChunksPerLaunch) {
+    auto batch = std::make_unique<WordGatherBatch>();
+    const auto count = static_cast<uint32_t>(std::min<uint64_t>(n - first, kWordChunksPerLaunch));
+    std::copy(chunks + first, chunks + first + count, batch->chunks);
+    gather_words_kernel<<<count, kThreads, 0, st>>>(*batch);
     DWS_CUDA(cudaGetLastError());
   }
   return Status::Ok();

@@ -87,4 +87,16 @@ Status scatter_chunks(const ScatterChunk* chunks, uint64_t n, Stream stream);
 void add_scatter_chunks(void* tensor, DType dtype, codec::ChangeOp op, const uint64_t* positions, const void* operands,
                         uint64_t n, std::vector<ScatterChunk>& out);
 
+// words[i] = little-endian 8-byte word indices[i] of a tensor of tensor_bytes bytes at `tensor` (zero-padded
+// past its end; any alignment), for O(changes) digests (changed_words.h). One block per chunk; `chunks` is
+// host memory passed as kernel parameters, the pointers in it device pointers. Asynchronous.
+struct WordGatherChunk {
+  const void* tensor = nullptr;
+  uint64_t tensor_bytes = 0;
+  const uint64_t* indices = nullptr;  // this chunk's first word index
+  uint64_t* words = nullptr;          // where its words go
+  uint32_t count = 0;                 // 1..kScatterChunk
+};
+Status gather_words(const WordGatherChunk* chunks, uint64_t n, Stream stream);
+
 }  // namespace dws::gpu::detail

@@ -23,5 +23,6 @@ Status diff_count(const DiffTensor*, const DiffPlan&, void*, uint64_t*, Stream) 
 Status diff_compact(const DiffTensor*, const DiffPlan&, void*, const uint64_t*, uint64_t*, void*, void*, Stream) { return no_cuda(); }
 Status scatter(void*, DType, codec::ChangeOp, const uint64_t*, const void*, uint64_t, Stream) { return no_cuda(); }
 Status scatter_chunks(const ScatterChunk*, uint64_t, Stream) { return no_cuda(); }
+Status gather_words(const WordGatherChunk*, uint64_t, Stream) { return no_cuda(); }
 
 }  // namespace dws::gpu::detail

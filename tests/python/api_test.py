@@ -171,8 +171,9 @@ def main():
     tracked_mode(rng)
     sharded_writers(rng)
     authenticated(rng)
+    device_surface(rng)
     print("python api: publish/publish_async/back-pressure, pull into memory in O(changes), late join, audit, "
-          "errors, follow, tracked mode, sharded writers, signed versions: all checks passed")
+          "errors, follow, tracked mode, sharded writers, signed versions, device surface: all checks passed")
 
 
 def tracked_mode(rng):
@@ -331,6 +332,40 @@ def authenticated(rng):
             check(False, "a missing secret file was accepted")
         except dws.NotFoundError:
             pass
+
+
+class FakeStream:
+    """Stands for a torch.cuda.Stream: what cuda_stream reads is its .cuda_stream."""
+    cuda_stream = 1234
+
+
+def device_surface(rng):
+    """The CUDA entry points' checks that hold on any machine (tests/python/torch_e2e_test.py with
+    DWS_E2E_DEVICE=cuda runs the device paths where a GPU is present)."""
+    from dws import _core
+    from dws._tensors import cuda_stream, on_device, tensor_args
+    check(_core.cuda_devices() >= 0, "cuda_devices")
+    state = model(rng)
+    args = tensor_args(state)
+    check(not on_device(args) and not any(a.on_device for a in args), "numpy arrays are host tensors")
+    check(cuda_stream(state, None) == 0 and cuda_stream(state, 7) == 7 and cuda_stream(state, FakeStream()) == 1234,
+          "stream selection")
+    for bad in (lambda: dws.Publisher(tempfile.mkdtemp(), snapshot_memory="gpu"),
+                lambda: _core.DeviceTracker("gpu")):
+        try:
+            bad()
+            check(False, "snapshot_memory 'gpu' was accepted")
+        except ValueError as e:  # InvalidArgumentError is a ValueError too
+            check("'gpu'" in str(e), f"the message names the value: {e}")
+    # Host tensors handed to the device entry points are refused by name, before any device work.
+    tracker = _core.DeviceTracker("host")
+    for call in (lambda: tracker.reset(args), lambda: tracker.take(args)):
+        try:
+            call()
+            check(False, "a device call took host tensors")
+        except dws.InvalidArgumentError as e:
+            check(f"'{args[0].name}' is not on a CUDA device" in str(e), str(e))
+    check(not tracker.has_snapshot and tracker.snapshot_bytes == 0, "a refused reset holds no snapshot")
 
 
 def pub_state_digest(state):
