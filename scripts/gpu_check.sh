@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on a lent GPU machine over the bundle of scripts/gpu_bundle.sh: the device tests (bit-for-bit
-# against the CPU references), the same tests under compute-sanitizer memcheck and racecheck, and the
-# GPU benchmark (API errors are not reported: NCCL probes kernel images with calls that fail by design;
+# against the CPU references), the same tests under compute-sanitizer memcheck and racecheck, the PyTorch
+# end-to-end test on CUDA tensors (when the machine's python3 has torch and the bundled module's Python
+# version), and the GPU benchmark (API errors are not reported: NCCL probes kernel images with calls that fail by design;
 # dws checks every CUDA status itself). Writes logs and bench JSON to $OUT (or ./gpu-out).
 #   DWS_GPU_RUNS (default 7)        timed runs per figure (medians)
 #   DWS_GPU_SANITIZE=0              skip compute-sanitizer
@@ -23,6 +24,17 @@ if [ "${DWS_GPU_SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null; 
       >"$O/sanitizer-$tool.log" 2>&1 || rc=1
     tail -3 "$O/sanitizer-$tool.log"
   done
+fi
+echo "== python: PyTorch end to end on CUDA tensors"
+want=$(ls .devlibs/python/dws/_core.cpython-*.so 2>/dev/null | sed -E 's/.*cpython-([0-9])([0-9]+)-.*/\1.\2/')
+have=$(python3 -c 'import sys, torch, numpy; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
+if [ -n "$want" ] && [ "$want" = "$have" ]; then
+  for memory in device host; do
+    DWS_E2E_DEVICE=cuda DWS_E2E_SNAPSHOT_MEMORY=$memory PYTHONPATH="$PWD/.devlibs/python" python3 tests/python/torch_e2e_test.py \
+      2>&1 | tee "$O/python-cuda-$memory.log" || rc=1
+  done
+else
+  echo "skipped: the module is for Python '${want:-none}', python3 with torch and numpy here is '${have:-none}'" | tee "$O/python-cuda.log"
 fi
 echo "== bench"
 "$BIN/dws_bench" --gpu --runs "${DWS_GPU_RUNS:-7}" --json "$O/gpu.json" 2>&1 | tee "$O/bench.log" || rc=1
