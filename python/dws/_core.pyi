@@ -171,7 +171,7 @@ class ChangeTracker:
 
     def __init__(self) -> None: ...
 
-    def write(self, tensor: TensorArg, offset: int, values: Annotated[NDArray, dict(order='C')]) -> None:
+    def write(self, tensor: TensorArg, offset: int, values: Annotated[NDArray, dict(order='C', device='cpu')]) -> None:
         """
         Copies `values` into the tensor from element `offset` on, noting every element whose bits change.
         """

@@ -57,6 +57,8 @@ T value_or_raise(dws::Result<T>&& r) {
 // A tensor of any dtype on the host or a CUDA device, as raw bytes. The dtype name and shape come from the
 // Python side, which knows the framework's dtype (numpy has no bfloat16); the byte size must agree.
 using AnyArray = nb::ndarray<nb::c_contig>;
+// Host memory only (nanobind refuses anything else with a TypeError naming the expected device).
+using HostArray = nb::ndarray<nb::c_contig, nb::device::cpu>;
 
 struct TensorArg {
   std::string name;
@@ -549,7 +551,7 @@ NB_MODULE(_core, m) {
       .def(nb::init<>())
       .def(
           "write",
-          [](dws::ChangeTracker& t, const TensorArg& tensor, uint64_t offset, const AnyArray& values) {
+          [](dws::ChangeTracker& t, const TensorArg& tensor, uint64_t offset, const HostArray& values) {
             const dws::TensorView v = to_view(tensor);
             const std::span<const std::byte> bytes(static_cast<const std::byte*>(values.data()), values.nbytes());
             dws::Status st;
