@@ -50,7 +50,11 @@ fuzz_one() {
     -timeout=20 -rss_limit_mb=2048 -max_len=65536 -jobs="$JOBS" -workers="$JOBS" \
     -artifact_prefix="$B_ABS/crashes/$t-" "$B_ABS/corpus/$t" "$B_ABS/seeds/$t") >"$log" 2>&1 || rc=$?
   local execs crashes corpus
-  execs=$(cat "$log" "$work"/fuzz-*.log 2>/dev/null | awk '/stat::number_of_executed_units/ {s += $2} END {print s + 0}')
+  # With -jobs the workers' stats are in their fuzz-<n>.log; with one job libFuzzer also copies that log into
+  # its own output, so count the workers' logs when there are any, and the main log only otherwise.
+  local stats=("$log")
+  if compgen -G "$work/fuzz-*.log" >/dev/null; then stats=("$work"/fuzz-*.log); fi
+  execs=$(cat "${stats[@]}" | awk '/stat::number_of_executed_units/ {s += $2} END {print s + 0}')
   crashes=$(find "$B/crashes" -name "$t-*" -newer "$log.start" 2>/dev/null | wc -l || true)
   [ "$rc" -eq 0 ] || crashes=$((crashes > 0 ? crashes : 1))
   corpus=$(find "$B/corpus/$t" -type f | wc -l)
