@@ -8,6 +8,7 @@
 #include "apply/journal.h"
 #include "codec/codecs.h"
 #include "dws/patch.h"
+#include "apply/in_memory.h"
 #include "patch/patch_internal.h"
 
 namespace dws {
@@ -120,10 +121,7 @@ Result<Prepared> prepare(const Checkpoint& base, const Patch& patch, const Apply
   return out;
 }
 
-Status target_mismatch(const std::string& what, const PatchTensor& t, const Digest128& got) {
-  return make_error(ErrorCode::kTargetMismatch, what + "tensor '" + t.name + "': result digest " + digest_hex(got) +
-                                                    " != target " + digest_hex(t.target_digest));
-}
+using in_memory::target_mismatch;
 
 // Decodes a modified tensor's changes against `base` (which may alias the tensor being written: codecs.h
 // allows it), hands them to `write`, and checks the result's digest in O(changes): the verified base
@@ -292,10 +290,7 @@ Result<ApplyStats> apply_patch_in_place(const std::string& checkpoint_path, cons
 Result<uint64_t> apply_patch_to_tensors(const Patch& patch, std::span<const TensorView> views, TensorDigests& digests) {
   const PatchHeader& h = patch.header();
   const std::string what = "apply to tensors: ";
-  if (!h.removed.empty()) {
-    return make_error(ErrorCode::kUnsupported, what + "the patch removes tensor '" + h.removed.front().name +
-                                                   "'; tensors in memory cannot change their set (reload the model)");
-  }
+  DWS_RETURN_IF_ERROR(in_memory::check_no_removals(h, what));
   std::unordered_map<std::string_view, const TensorView*> by_name;
   for (const TensorView& v : views) by_name.emplace(v.name, &v);
   // The changes of one tensor, decoded and checked, waiting to be written.
@@ -308,10 +303,7 @@ Result<uint64_t> apply_patch_to_tensors(const Patch& patch, std::span<const Tens
   std::vector<Pending> pending;
   ApplyStats stats;
   for (const PatchTensor& t : h.tensors) {
-    if (t.change != TensorChange::kModified) {
-      return make_error(ErrorCode::kUnsupported, what + "the patch " + (t.change == TensorChange::kAdded ? "adds" : "re-creates") +
-                                                     " tensor '" + t.name + "'; tensors in memory cannot change their set or shape");
-    }
+    DWS_RETURN_IF_ERROR(in_memory::check_modified(t, what));
     auto it = by_name.find(t.name);
     if (it == by_name.end()) return make_error(ErrorCode::kInvalidArgument, what + "no tensor '" + t.name + "' was given");
     const TensorView& v = *it->second;
@@ -321,18 +313,14 @@ Result<uint64_t> apply_patch_to_tensors(const Patch& patch, std::span<const Tens
                                                          shape_string(v.shape) + " (" + std::to_string(v.data.size()) + " bytes); the patch expects " +
                                                          std::string(dtype_name(t.dtype)) + " " + shape_string(t.shape));
     }
-    auto known = digests.find(t.name);
-    if (known == digests.end()) return make_error(ErrorCode::kInvalidArgument, what + "no digest was given for tensor '" + t.name + "'");
-    if (!t.base_digest || known->second != *t.base_digest) {
-      return base_mismatch(what + "tensor '" + t.name + "' has digest " + digest_hex(known->second) + "; the patch applies to " +
-                           (t.base_digest ? digest_hex(*t.base_digest) : std::string("none")));
-    }
+    DWS_RETURN_IF_ERROR(in_memory::check_base_digest(t, digests, what));
+    const Digest128& base_digest = digests.find(t.name)->second;
     Pending p{&v, &t, {}, {}};
     if (t.encoding == Encoding::kFull) {
       const Digest128 got = tensor_digest(t.name, t.dtype, t.shape, patch.payload(t, 0));
       if (got != t.target_digest) return target_mismatch(what, t, got);
     } else {
-      DWS_RETURN_IF_ERROR(decode_checked(patch, t, v.data, known->second, what, stats,
+      DWS_RETURN_IF_ERROR(decode_checked(patch, t, v.data, base_digest, what, stats,
                                          [&](std::span<const uint64_t> pos, std::span<const std::byte> vals) {
                                            p.positions.insert(p.positions.end(), pos.begin(), pos.end());
                                            p.values.insert(p.values.end(), vals.begin(), vals.end());
@@ -365,5 +353,36 @@ Result<RecoverStats> recover_checkpoint(const std::string& checkpoint_path) {
   out.changes = replayed->changes;
   return out;
 }
+
+namespace in_memory {
+
+Status check_no_removals(const PatchHeader& header, const std::string& what) {
+  if (header.removed.empty()) return Status::Ok();
+  return make_error(ErrorCode::kUnsupported, what + "the patch removes tensor '" + header.removed.front().name +
+                                                 "'; tensors in memory cannot change their set (reload the model)");
+}
+
+Status check_modified(const PatchTensor& t, const std::string& what) {
+  if (t.change == TensorChange::kModified) return Status::Ok();
+  return make_error(ErrorCode::kUnsupported, what + "the patch " + (t.change == TensorChange::kAdded ? "adds" : "re-creates") +
+                                                 " tensor '" + t.name + "'; tensors in memory cannot change their set or shape");
+}
+
+Status check_base_digest(const PatchTensor& t, const TensorDigests& digests, const std::string& what) {
+  auto known = digests.find(t.name);
+  if (known == digests.end()) return make_error(ErrorCode::kInvalidArgument, what + "no digest was given for tensor '" + t.name + "'");
+  if (!t.base_digest || known->second != *t.base_digest) {
+    return base_mismatch(what + "tensor '" + t.name + "' has digest " + digest_hex(known->second) + "; the patch applies to " +
+                         (t.base_digest ? digest_hex(*t.base_digest) : std::string("none")));
+  }
+  return Status::Ok();
+}
+
+Status target_mismatch(const std::string& what, const PatchTensor& t, const Digest128& got) {
+  return make_error(ErrorCode::kTargetMismatch, what + "tensor '" + t.name + "': result digest " + digest_hex(got) +
+                                                    " != target " + digest_hex(t.target_digest));
+}
+
+}  // namespace in_memory
 
 }  // namespace dws

@@ -9,7 +9,9 @@
 
 #include "codec/codecs.h"
 #include "dws/gpu.h"
+#include "apply/in_memory.h"
 #include "gpu/changed_words.h"
+#include "gpu/gpu_internal.h"
 #include "gpu/kernels.h"
 #include "patch/patch_internal.h"
 
@@ -17,23 +19,11 @@ namespace dws::gpu {
 
 namespace {
 
-Status no_cuda() { return make_error(ErrorCode::kUnsupported, detail::kNoCuda); }
+using detail::no_cuda;
 
 Status check_aligned(const NamedDeviceTensor& t, std::string_view what) {
-  const size_t w = dtype_size_bytes(t.dtype);
   if (t.data == nullptr && t.numel() > 0) return make_error(ErrorCode::kInvalidArgument, std::string(what) + "tensor '" + t.name + "' has no data");
-  if (reinterpret_cast<uintptr_t>(t.data) % w != 0) {
-    return make_error(ErrorCode::kInvalidArgument,
-                      std::string(what) + "tensor '" + t.name + "' is not aligned to its " + std::to_string(w) + "-byte elements");
-  }
-  return Status::Ok();
-}
-
-Status reserve(DeviceBuffer& b, uint64_t bytes) {
-  if (b.data() != nullptr && b.size_bytes() >= bytes) return Status::Ok();
-  b = DeviceBuffer();
-  DWS_ASSIGN_OR_RETURN(b, DeviceBuffer::allocate(std::max<uint64_t>(bytes, 8)));
-  return Status::Ok();
+  return detail::check_alignment(t.data, dtype_size_bytes(t.dtype), std::string(what) + "tensor '" + t.name + "'");
 }
 
 // The changed words of one tensor, to be read from `tensor` (device memory) by gather_all.
@@ -48,7 +38,7 @@ Status gather_all(std::span<const WordRequest> requests, DeviceBuffer& scratch, 
   uint64_t total = 0;
   for (const WordRequest& r : requests) total += r.words->indices().size();
   if (total == 0) return Status::Ok();
-  DWS_RETURN_IF_ERROR(reserve(scratch, 2 * total * sizeof(uint64_t)));
+  DWS_RETURN_IF_ERROR(detail::reserve_device(scratch, 2 * total * sizeof(uint64_t)));
   std::vector<uint64_t> host(total);
   uint64_t at = 0;
   for (const WordRequest& r : requests) {
@@ -138,7 +128,7 @@ Result<TensorDigests> DeviceChangeTracker::reset(std::span<const NamedDeviceTens
   }
   void* base = nullptr;
   if (s.memory == Memory::kDevice) {
-    DWS_RETURN_IF_ERROR(reserve(s.device_buffer, bytes));
+    DWS_RETURN_IF_ERROR(detail::reserve_device(s.device_buffer, std::max<uint64_t>(bytes, 8)));
     base = s.device_buffer.data();
   } else {
     DWS_RETURN_IF_ERROR(s.host_buffer.reserve(std::max<uint64_t>(bytes, 8)));
@@ -242,10 +232,7 @@ Result<uint64_t> apply_patch_to_device_tensors(const Patch& patch, std::span<con
   if (!detail::available()) return no_cuda();
   const PatchHeader& h = patch.header();
   const std::string what = "apply to device tensors: ";
-  if (!h.removed.empty()) {
-    return make_error(ErrorCode::kUnsupported, what + "the patch removes tensor '" + h.removed.front().name +
-                                                   "'; tensors in memory cannot change their set (reload the model)");
-  }
+  DWS_RETURN_IF_ERROR(in_memory::check_no_removals(h, what));
   std::map<std::string_view, const NamedDeviceTensor*> by_name;
   for (const NamedDeviceTensor& t : tensors) by_name.emplace(t.name, &t);
   struct Pending {
@@ -258,10 +245,7 @@ Result<uint64_t> apply_patch_to_device_tensors(const Patch& patch, std::span<con
   std::vector<Pending> pending;
   pending.reserve(h.tensors.size());
   for (const PatchTensor& pt : h.tensors) {
-    if (pt.change != TensorChange::kModified) {
-      return make_error(ErrorCode::kUnsupported, what + "the patch " + (pt.change == TensorChange::kAdded ? "adds" : "re-creates") +
-                                                     " tensor '" + pt.name + "'; tensors in memory cannot change their set or shape");
-    }
+    DWS_RETURN_IF_ERROR(in_memory::check_modified(pt, what));
     auto it = by_name.find(pt.name);
     if (it == by_name.end()) return make_error(ErrorCode::kInvalidArgument, what + "no tensor '" + pt.name + "' was given");
     const NamedDeviceTensor& t = *it->second;
@@ -270,21 +254,13 @@ Result<uint64_t> apply_patch_to_device_tensors(const Patch& patch, std::span<con
                                                          std::string(dtype_name(pt.dtype)) + " " + shape_string(pt.shape));
     }
     DWS_RETURN_IF_ERROR(check_aligned(t, what));
-    auto known = digests.find(pt.name);
-    if (known == digests.end()) return make_error(ErrorCode::kInvalidArgument, what + "no digest was given for tensor '" + pt.name + "'");
-    if (!pt.base_digest || known->second != *pt.base_digest) {
-      return make_error(ErrorCode::kBaseMismatch, what + "tensor '" + pt.name + "' has digest " + digest_hex(known->second) +
-                                                      "; the patch applies to " + (pt.base_digest ? digest_hex(*pt.base_digest) : std::string("none")));
-    }
+    DWS_RETURN_IF_ERROR(in_memory::check_base_digest(pt, digests, what));
     Pending p;
     p.tensor = &t;
     p.patch_tensor = &pt;
     if (pt.encoding == Encoding::kFull) {
       const Digest128 got = tensor_digest(pt.name, pt.dtype, pt.shape, patch.payload(pt, 0));
-      if (got != pt.target_digest) {
-        return make_error(ErrorCode::kTargetMismatch, what + "tensor '" + pt.name + "': result digest " + digest_hex(got) + " != target " +
-                                                          digest_hex(pt.target_digest));
-      }
+      if (got != pt.target_digest) return in_memory::target_mismatch(what, pt, got);
     } else {
       p.op = codec::change_op(pt.encoding);
       const codec::DecodeParams params{pt.encoding, pt.dtype, pt.numel(), pt.changes, pt.index_dtype};
@@ -332,10 +308,7 @@ Result<uint64_t> apply_patch_to_device_tensors(const Patch& patch, std::span<con
     }
     const PatchTensor& pt = *p.patch_tensor;
     const Digest128 got = digest_add(digests.at(pt.name), cw.delta(tensor_seed(pt.name, pt.dtype, pt.shape), values));
-    if (got != pt.target_digest) {
-      return make_error(ErrorCode::kTargetMismatch, what + "tensor '" + pt.name + "': result digest " + digest_hex(got) + " != target " +
-                                                        digest_hex(pt.target_digest));
-    }
+    if (got != pt.target_digest) return in_memory::target_mismatch(what, pt, got);
     p.values = std::move(values);
     total += p.positions.size();
     value_bytes += (p.values.size() + 7) / 8 * 8;

@@ -6,14 +6,17 @@
 #include <utility>
 
 #include "codec/codecs.h"
+#include "gpu/gpu_internal.h"
 #include "gpu/kernels.h"
 #include "patch/patch_internal.h"
 
 namespace dws::gpu {
 
-namespace {
+using detail::check_alignment;
+using detail::no_cuda;
+using detail::reserve_device;
 
-Status no_cuda() { return make_error(ErrorCode::kUnsupported, detail::kNoCuda); }
+namespace detail {
 
 Status check_alignment(const void* p, size_t w, std::string_view what) {
   if (reinterpret_cast<uintptr_t>(p) % w != 0) {
@@ -22,7 +25,7 @@ Status check_alignment(const void* p, size_t w, std::string_view what) {
   return Status::Ok();
 }
 
-}  // namespace
+}  // namespace detail
 
 bool built_with_cuda() { return detail::available(); }
 
@@ -94,15 +97,12 @@ Status PinnedBuffer::reserve(uint64_t bytes) {
   return Status::Ok();
 }
 
-namespace {
-// Grows a device buffer to at least `bytes`, freeing the old one first (contents not kept).
-Status reserve_device(DeviceBuffer& b, uint64_t bytes) {
+Status detail::reserve_device(DeviceBuffer& b, uint64_t bytes) {
   if (b.data() != nullptr && b.size_bytes() >= bytes) return Status::Ok();
   b = DeviceBuffer();
   DWS_ASSIGN_OR_RETURN(b, DeviceBuffer::allocate(bytes));
   return Status::Ok();
 }
-}  // namespace
 
 std::span<const uint64_t> HostChangeSet::positions(size_t tensor) const {
   const DeviceChangeSet::Entry& e = entries_.at(tensor);

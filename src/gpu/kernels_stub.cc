@@ -1,11 +1,8 @@
 // kernels_stub.cc — kernels.h for builds without CUDA: every call is E_UNSUPPORTED.
+#include "gpu/gpu_internal.h"
 #include "gpu/kernels.h"
 
 namespace dws::gpu::detail {
-
-namespace {
-Status no_cuda() { return make_error(ErrorCode::kUnsupported, kNoCuda); }
-}  // namespace
 
 bool available() { return false; }
 Status device_count(int*) { return no_cuda(); }
