@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "codec/codecs.h"
+#include "codec/native.h"
 #include "core/thread_pool.h"
 #include "dws/checkpoint.h"
 #include "dws/diff.h"
@@ -274,6 +275,42 @@ int main(int argc, char** argv) {
                   memcpy_s / tensor_digest_s, memcpy_s / xxh3_s);
       out["digests"].push_back({{"dataset", c.name}, {"tensor_digest_throughput_vs_memcpy_1t", memcpy_s / tensor_digest_s},
                                 {"xxh3_throughput_vs_memcpy_1t", memcpy_s / xxh3_s}});
+    }
+    {
+      // The native encoder's two halves from a tracker's record (positions, base and target values), one
+      // thread: the per-tensor half alone (models, rANS, layout: what stays on the host when a GPU computes the
+      // per-change half, gpu::NativeEncoder) as a share of the whole encode_changes.
+      auto target = must(Checkpoint::open(c.target));
+      struct Tracked {
+        DType dtype;
+        uint64_t numel;
+        std::vector<uint64_t> positions;
+        std::vector<std::byte> base_values, target_values;
+        codec::native::ChangeSymbols symbols;
+      };
+      std::vector<Tracked> tracked;
+      for (TensorDiff& d : diff_checkpoints(base, target, 0)) {
+        if (d.change != TensorChange::kModified) continue;
+        Tracked t{d.base->dtype, d.base->numel(), std::move(d.positions), {}, {}, {}};
+        const size_t w = dtype_size_bytes(t.dtype);
+        const auto b = base.bytes(*d.base), g = target.bytes(*d.target);
+        for (uint64_t p : t.positions) {
+          t.base_values.insert(t.base_values.end(), b.begin() + p * w, b.begin() + (p + 1) * w);
+          t.target_values.insert(t.target_values.end(), g.begin() + p * w, g.begin() + (p + 1) * w);
+        }
+        t.symbols = must(codec::native::symbolize_changes(t.dtype, t.numel, t.positions, t.base_values, t.target_values));
+        tracked.push_back(std::move(t));
+      }
+      const double whole_s = median_seconds([&] {
+        for (const Tracked& t : tracked) (void)must(codec::native::encode_changes(t.dtype, t.numel, t.positions, t.base_values, t.target_values));
+      });
+      const double finish_s = median_seconds([&] {
+        for (const Tracked& t : tracked) (void)must(codec::native::encode_symbols(t.dtype, t.numel, t.symbols));
+      });
+      std::printf("%-30s native encode from tracked changes, 1 thread: per-tensor half %.3f of the whole (%.3f x memcpy of the model)\n",
+                  c.name.c_str(), finish_s / whole_s, memcpy_s / whole_s);
+      out["native_encode_split"].push_back({{"dataset", c.name}, {"per_tensor_half_time_vs_whole_encode", finish_s / whole_s},
+                                            {"whole_encode_changes_throughput_vs_memcpy_1t", memcpy_s / whole_s}});
     }
     for (const Variant& v : {Variant{Encoding::kAuto}, Variant{Encoding::kNative}, Variant{Encoding::kNative, true},
                              Variant{Encoding::kIndices}, Variant{Encoding::kGaps}, Variant{Encoding::kGapsZstd},

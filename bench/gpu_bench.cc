@@ -16,6 +16,9 @@
 //               to host, changed words gathered, digests, snapshot scatter), time vs the copy
 //   dev apply   apply_patch_to_device_tensors of the tracker's patch (the Python receiver's path: host decode,
 //               word gather, digest check, upload, one scatter), time vs uploading the checkpoint
+//   gpu enc     NativeEncoder::encode of the step (symbols on the device, models and rANS on the host), time vs
+//               the CPU path from the same change set: to_host + codec::native::encode_changes per tensor; the
+//               payloads must be equal. host B/chg: bytes the encoder copied to the host per change
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -27,6 +30,7 @@
 #include <vector>
 
 #include "bench_util.h"
+#include "codec/native.h"
 #include "dws/checkpoint.h"
 #include "dws/gpu.h"
 #include "dws/gpu_broadcast.h"
@@ -123,10 +127,10 @@ int run_gpu_bench(const std::string& sims, int runs, const std::string& json_pat
   std::filesystem::create_directories(work);
 
   json out = {{"device", info.name}, {"multiprocessors", info.multiprocessors}, {"runs", runs}, {"rows", json::array()}};
-  std::printf("%-28s %8s %10s %9s %9s %9s %9s %9s %9s %10s %10s %9s %10s\n", "dataset", "density", "model MB", "diff", "to host",
-              "scatter", "scat 1%", "nccl 64M", "nccl 4M", "patch app", "payB/chg", "track", "dev apply");
-  std::printf("%-28s %8s %10s %9s %9s %9s %9s %9s %9s %10s %10s %9s %10s\n", "", "", "", "x copy", "t/copy", "t/copy", "t/copy",
-              "t/copy", "t/copy", "t/upload", "", "t/copy", "t/upload");
+  std::printf("%-28s %8s %10s %9s %9s %9s %9s %9s %9s %10s %10s %9s %10s %10s %10s\n", "dataset", "density", "model MB", "diff", "to host",
+              "scatter", "scat 1%", "nccl 64M", "nccl 4M", "patch app", "payB/chg", "track", "dev apply", "gpu enc", "host B/chg");
+  std::printf("%-28s %8s %10s %9s %9s %9s %9s %9s %9s %10s %10s %9s %10s %10s %10s\n", "", "", "", "x copy", "t/copy", "t/copy", "t/copy",
+              "t/copy", "t/copy", "t/upload", "", "t/copy", "t/upload", "t/cpu enc", "");
   for (const std::string& spec : split(sims, ',')) {
     if (spec.empty()) continue;
     std::fprintf(stderr, "dws_bench: simulating %s\n", spec.c_str());
@@ -237,13 +241,30 @@ int run_gpu_bench(const std::string& sims, int runs, const std::string& json_pat
       }
     }
 
+    // The native codec with its per-change half on the device, against the CPU encoder from the same changes.
+    std::vector<std::vector<std::byte>> gpu_payloads, cpu_payloads(changes.tensors.size());
+    gpu::NativeEncoder encoder;
+    const double gpu_encode_s = median_of(runs, [&] { gpu_payloads = must(encoder.encode(changes, nullptr)); });
+    const double cpu_encode_s = median_of(runs, [&] {
+      check(gpu::Differ::to_host(changes, host_changes, nullptr));
+      for (size_t t = 0; t < changes.tensors.size(); ++t) {
+        const auto& e = changes.tensors[t];
+        cpu_payloads[t] = must(codec::native::encode_changes(e.dtype, e.numel, host_changes.positions(t),
+                                                             host_changes.base_values(t), host_changes.target_values(t)));
+      }
+    });
+    if (gpu_payloads != cpu_payloads) {
+      die(make_error(ErrorCode::kInternal, "NativeEncoder's payloads differ from the CPU encoder's for the same changes"));
+    }
+    const double encoder_host_bytes = static_cast<double>(encoder.last_host_bytes()) / static_cast<double>(std::max<uint64_t>(changes.total, 1));
+
     const double density = static_cast<double>(changes.total) /
                            static_cast<double>(model_bytes / dtype_size_bytes(base.tensors()[0].dtype));
     const double pay = static_cast<double>(ps.payload_bytes) / static_cast<double>(std::max<uint64_t>(ps.changes, 1));
-    std::printf("%-28s %7.3f%% %10.1f %9.3f %9.3f %9.4f %9.4f %9.4f %9.4f %10.3f %10.3f %9.3f %10.3f\n", c.name.c_str(), 100 * density,
+    std::printf("%-28s %7.3f%% %10.1f %9.3f %9.3f %9.4f %9.4f %9.4f %9.4f %10.3f %10.3f %9.3f %10.3f %10.3f %10.2f\n", c.name.c_str(), 100 * density,
                 static_cast<double>(model_bytes) / 1e6, copy_s / diff_s, to_host_s / copy_s, scatter_s / copy_s,
                 scatter1_s / copy_s, nccl_s / copy_s, nccl_small_s / copy_s, patch_s / upload_s, pay, track_s / copy_s,
-                dev_apply_s / upload_s);
+                dev_apply_s / upload_s, gpu_encode_s / cpu_encode_s, encoder_host_bytes);
     out["rows"].push_back({{"dataset", c.name},
                            {"tensors", base.tensors().size()},
                            {"model_bytes", model_bytes},
@@ -264,7 +285,9 @@ int run_gpu_bench(const std::string& sims, int runs, const std::string& json_pat
                            {"native_payload_bytes_per_change", pay},
                            {"patch_apply_bit_exact", exact},
                            {"device_tracker_take_time_vs_device_copy", track_s / copy_s},
-                           {"device_patch_apply_time_vs_host_upload", dev_apply_s / upload_s}});
+                           {"device_patch_apply_time_vs_host_upload", dev_apply_s / upload_s},
+                           {"gpu_native_encode_time_vs_cpu_encode", gpu_encode_s / cpu_encode_s},
+                           {"gpu_native_encode_host_bytes_per_change", encoder_host_bytes}});
     std::fflush(stdout);
   }
   std::filesystem::remove_all(work);

@@ -366,5 +366,115 @@ TEST(NativeDecodeGaps, RefusesAnUnchangedValue) {
   EXPECT_NE(st.message().find("unchanged"), std::string::npos) << st.to_string();
 }
 
+// ---- encoding in two halves: symbolize_changes (the GPU's reference) + encode_symbols ----
+
+struct TrackedCase {
+  DType dtype;
+  uint64_t numel;
+  std::vector<uint64_t> positions;
+  std::vector<std::byte> base_values, target_values;
+};
+
+TrackedCase tracked_case(std::mt19937_64& rng, DType dt, uint64_t numel, double density) {
+  auto base = test::random_tensor(rng, "t", dt, {numel});
+  auto next = test::mutate(rng, base, density);
+  const size_t w = dtype_size_bytes(dt);
+  TrackedCase c{dt, numel, *diff_elements(base.bytes, next.bytes, w, 1), {}, {}};
+  for (uint64_t p : c.positions) {
+    c.base_values.insert(c.base_values.end(), base.bytes.begin() + p * w, base.bytes.begin() + (p + 1) * w);
+    c.target_values.insert(c.target_values.end(), next.bytes.begin() + p * w, next.bytes.begin() + (p + 1) * w);
+  }
+  return c;
+}
+
+// Both halves together write exactly encode_changes's payload: every dtype, densities that pick gaps and
+// bitmap, random bit patterns (so escapes, NaN and ±0), and gaps of every bit length up to 64.
+TEST(NativeSymbols, BothHalvesWriteEncodeChangesPayloadByteForByte) {
+  std::mt19937_64 rng(81);
+  std::vector<TrackedCase> cases;
+  for (DType dt : kAllDTypes) {
+    for (double density : {1e-3, 0.05, 0.3, 1.0}) {
+      for (uint64_t numel : {1ull, 9ull, 6000ull}) cases.push_back(tracked_case(rng, dt, numel, density));
+    }
+  }
+  // Gaps of every length: positions alone (no tensor is read), in a tensor of up to 2^64 - 1 elements.
+  TrackedCase wide{DType::kBF16, ~0ull, {}, {}, {}};
+  uint64_t p = 0;
+  for (uint32_t len = 0; len <= 63; ++len) {
+    wide.positions.push_back(p);
+    p += (len == 0 ? 0 : (1ull << (len - 1)) | (rng() & ((1ull << (len - 1)) - 1))) + 1;
+  }
+  wide.positions.push_back(~0ull - 1);
+  for (size_t i = 0; i < wide.positions.size(); ++i) {
+    const uint16_t b = static_cast<uint16_t>(rng()), t = static_cast<uint16_t>(b ^ (1u + rng() % 0xFFFF));
+    wide.base_values.insert(wide.base_values.end(), {std::byte(b & 0xFF), std::byte(b >> 8)});
+    wide.target_values.insert(wide.target_values.end(), {std::byte(t & 0xFF), std::byte(t >> 8)});
+  }
+  cases.push_back(wide);
+  uint64_t escapes = 0, bitmaps = 0;
+  for (const TrackedCase& c : cases) {
+    const std::string what = std::string(dtype_name(c.dtype)) + " numel " + std::to_string(c.numel) + " changes " + std::to_string(c.positions.size());
+    auto expected = codec::native::encode_changes(c.dtype, c.numel, c.positions, c.base_values, c.target_values);
+    ASSERT_TRUE(expected.ok()) << what << ": " << expected.status().to_string();
+    auto symbols = codec::native::symbolize_changes(c.dtype, c.numel, c.positions, c.base_values, c.target_values);
+    ASSERT_TRUE(symbols.ok()) << what << ": " << symbols.status().to_string();
+    ASSERT_EQ(symbols->values.size(), c.positions.size()) << what;
+    escapes += symbols->escapes.size();
+    auto payload = codec::native::encode_symbols(c.dtype, c.numel, *symbols);
+    ASSERT_TRUE(payload.ok()) << what << ": " << payload.status().to_string();
+    ASSERT_EQ(*payload, *expected) << what;
+    if (!payload->empty() && static_cast<Layout>((*payload)[0]) == Layout::kBitmap) ++bitmaps;
+  }
+  EXPECT_GT(escapes, 0u);  // the cases exercise escapes
+  EXPECT_GT(bitmaps, 0u);  // and positions rebuilt from the gaps for the bitmap
+}
+
+// encode_symbols takes what a GPU computed: every inconsistency is refused by name, nothing is coded.
+TEST(NativeSymbols, InconsistentSymbolsAreRefusedByName) {
+  std::mt19937_64 rng(82);
+  TrackedCase c = tracked_case(rng, DType::kBF16, 4000, 0.05);
+  // Force one escape and gaps with mantissas.
+  c.target_values[0] = c.base_values[0] ^ std::byte{0x7F};
+  c.target_values[1] = c.base_values[1] ^ std::byte{0x40};
+  auto good = *codec::native::symbolize_changes(c.dtype, c.numel, c.positions, c.base_values, c.target_values);
+  ASSERT_FALSE(good.escapes.empty());
+  ASSERT_FALSE(good.mantissas.empty());
+  ASSERT_TRUE(codec::native::encode_symbols(c.dtype, c.numel, good).ok());
+  auto refused = [&](const codec::native::ChangeSymbols& s, const std::string& says, uint64_t numel = 4000) {
+    auto r = codec::native::encode_symbols(DType::kBF16, numel, s);
+    ASSERT_FALSE(r.ok()) << says;
+    EXPECT_EQ(r.status().code(), ErrorCode::kInvalidArgument) << says;
+    EXPECT_NE(r.status().message().find(says), std::string::npos) << r.status().to_string();
+  };
+  auto s = good;
+  s.gap_lengths.pop_back();
+  refused(s, "gap lengths");
+  s = good;
+  s.gap_lengths[3] = 65;
+  refused(s, "gap length 65");
+  s = good;
+  s.values[2] = 0;
+  refused(s, "change 2 has value symbol 0");
+  s = good;
+  s.escapes.push_back(1);
+  refused(s, "escapes for");
+  s = good;
+  s.escapes.clear();
+  refused(s, "more escaped values");
+  s = good;
+  s.escapes[0] = 0xFFFF;  // z = 0xFFFF + 255 does not fit 16 bits
+  refused(s, "largest distance");
+  s = good;
+  s.mantissas.pop_back();
+  refused(s, "ends at change");
+  s = good;
+  s.mantissas.push_back(std::byte{0});
+  refused(s, "bits the gaps do not use");
+  refused(good, "past the tensor", c.positions.back());  // the last change lands on numel
+  s = good;
+  s.gap_lengths[0] = 64;  // a first gap of >= 2^63 would need 63 mantissa bits more than the section holds
+  refused(s, "past the tensor");
+}
+
 }  // namespace
 }  // namespace dws

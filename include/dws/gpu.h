@@ -160,6 +160,30 @@ class Differ {
   std::unique_ptr<Scratch> scratch_;
 };
 
+// The native codec (docs/patch-format.md §4.1) with its per-change half on the device: for every change of
+// a DeviceChangeSet, the gap's bit length and mantissa bits, the value symbol and any escape are computed
+// where the changes are, and only they reach the host (2 bytes a change plus the mantissa bits and escapes,
+// instead of the 8 + 2w bytes of positions and values). The host finishes each tensor (models, rANS, the
+// layout choice). Payloads are byte for byte what the CPU encoder writes for the same changes
+// (create_patch_from_changes), so every decoder reads them. Keeps its buffers between calls; one per thread.
+class NativeEncoder {
+ public:
+  NativeEncoder();
+  ~NativeEncoder();
+  NativeEncoder(NativeEncoder&&) noexcept;
+  NativeEncoder& operator=(NativeEncoder&&) noexcept;
+
+  // One native payload per tensor of `changes`, in its order (the empty payload for a tensor without
+  // changes). Two launches and two synchronizations of `stream`.
+  Result<std::vector<std::vector<std::byte>>> encode(const DeviceChangeSet& changes, Stream stream);
+  // Bytes the last encode() copied from the device.
+  uint64_t last_host_bytes() const;
+
+ private:
+  struct Scratch;
+  std::unique_ptr<Scratch> scratch_;
+};
+
 // Writes the target values of `changes` into `tensors` (a snapshot kept on the device or in pinned host
 // memory; the same order and shapes as the diff's inputs), bringing it from base to target in O(changes).
 // One launch for all tensors (chunks of changes, each within one tensor). Asynchronous on `stream`.

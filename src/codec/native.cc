@@ -7,6 +7,7 @@
 
 #include "codec/change_sink.h"
 #include "codec/element_key.h"
+#include "codec/native_symbols.h"
 #include "codec/rans.h"
 
 namespace dws::codec::native {
@@ -49,17 +50,6 @@ auto dispatch(DType dtype, Fn&& fn) {
     default: return f ? fn.template operator()<8, true>() : fn.template operator()<8, false>();
   }
 }
-
-// Sign-extends a w-byte value to int64.
-int64_t sign_extend(uint64_t v, size_t w) {
-  if (w == 8) return static_cast<int64_t>(v);
-  const unsigned shift = static_cast<unsigned>(64 - 8 * w);
-  return static_cast<int64_t>(v << shift) >> shift;
-}
-
-uint64_t zigzag(int64_t v) { return (static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63); }
-
-uint32_t bit_length(uint64_t v) { return v == 0 ? 0 : 64u - static_cast<uint32_t>(std::countl_zero(v)); }
 
 class BitWriter {
  public:
@@ -199,9 +189,9 @@ ClassField class_field(DType d) {
 
 // The value half of every layout: one symbol per change (zigzag ULP distance, 255 = escape).
 struct ValueSymbols {
-  std::vector<uint32_t> symbols;
+  std::vector<uint8_t> symbols;
   std::vector<uint64_t> counts = std::vector<uint64_t>(kValueAlphabet, 0);
-  std::vector<std::byte> escapes;
+  std::vector<std::byte> escapes;  // the escapes section (varints)
 };
 
 // base and target are whole tensors, read at positions[i]; or, when `compact`, the changed elements
@@ -213,14 +203,12 @@ ValueSymbols value_symbols(DType dtype, std::span<const std::byte> base, std::sp
   dispatch(dtype, [&]<size_t W, bool kFloat>() {
     for (size_t i = 0; i < positions.size(); ++i) {
       const uint64_t p = compact ? i : positions[i];
-      const uint64_t kb = key_of<W, kFloat>(load<W>(base.data() + p * W));
-      const uint64_t kt = key_of<W, kFloat>(load<W>(target.data() + p * W));
-      const uint64_t zz = zigzag(sign_extend((kt - kb) & kWidthMask<W>, W));
+      const uint64_t zz = zigzag_key_distance<W, kFloat>(load<W>(base.data() + p * W), load<W>(target.data() + p * W));
       if (zz >= kEscape) {
-        v.symbols[i] = static_cast<uint32_t>(kEscape);
+        v.symbols[i] = static_cast<uint8_t>(kEscape);
         rans::put_varint(v.escapes, zz - kEscape);
       } else {
-        v.symbols[i] = static_cast<uint32_t>(zz);
+        v.symbols[i] = static_cast<uint8_t>(zz);
       }
       ++v.counts[v.symbols[i]];
     }
@@ -229,21 +217,33 @@ ValueSymbols value_symbols(DType dtype, std::span<const std::byte> base, std::sp
   return v;
 }
 
-Result<std::vector<std::byte>> encode_gaps(std::span<const uint64_t> positions, const ValueSymbols& values,
-                                           const rans::Model& value_model) {
-  const size_t n = positions.size();
-  std::vector<uint32_t> gap_symbols(n);
-  std::vector<uint64_t> gap_counts(kGapAlphabet, 0);
+// Layout 1's position half: each gap's bit length (model G's symbol) and the mantissa section.
+struct GapSymbols {
+  std::vector<uint8_t> lengths;
+  std::vector<std::byte> mantissas;
+};
+
+GapSymbols gap_symbols(std::span<const uint64_t> positions) {
+  GapSymbols g;
+  g.lengths.resize(positions.size());
   BitWriter mantissas;
   uint64_t prev = 0;
-  for (size_t i = 0; i < n; ++i) {
+  for (size_t i = 0; i < positions.size(); ++i) {
     const uint64_t gap = i == 0 ? positions[i] : positions[i] - prev - 1;
     prev = positions[i];
-    const uint32_t len = bit_length(gap);
-    gap_symbols[i] = len;
-    ++gap_counts[len];
-    if (len >= 2) mantissas.put(gap, len - 1);  // the bits below the leading one
+    const uint32_t len = gap_bit_length(gap);
+    g.lengths[i] = static_cast<uint8_t>(len);
+    if (len >= 2) mantissas.put(gap, gap_mantissa_bits(len));  // the bits below the leading one
   }
+  g.mantissas = mantissas.finish();
+  return g;
+}
+
+Result<std::vector<std::byte>> encode_gaps(std::span<const uint8_t> gap_lengths, std::span<const std::byte> mantissas,
+                                           const ValueSymbols& values, const rans::Model& value_model) {
+  const size_t n = gap_lengths.size();
+  std::vector<uint64_t> gap_counts(kGapAlphabet, 0);
+  for (uint8_t len : gap_lengths) ++gap_counts[len];
   DWS_ASSIGN_OR_RETURN(rans::Model gap_model, rans::Model::from_counts(gap_counts));
   std::vector<std::byte> out;
   out.push_back(static_cast<std::byte>(kLayoutGaps));
@@ -252,11 +252,12 @@ Result<std::vector<std::byte>> encode_gaps(std::span<const uint64_t> positions, 
   value_model.serialize(out);
   rans::Encoder enc;
   for (size_t i = 0; i < n; ++i) {
-    enc.push(gap_model, gap_symbols[i]);
+    enc.push(gap_model, gap_lengths[i]);
     enc.push(value_model, values.symbols[i]);
   }
   put_section(out, enc.finish());
-  put_section(out, mantissas.finish());
+  rans::put_varint(out, mantissas.size());
+  out.insert(out.end(), mantissas.begin(), mantissas.end());
   put_section(out, values.escapes);
   return out;
 }
@@ -275,7 +276,7 @@ Result<std::vector<std::byte>> encode_bitmap(uint64_t numel, std::span<const uin
   value_model.serialize(out);
   rans::Encoder enc;
   for (uint8_t b : bitmap) enc.push(byte_model, b);
-  for (uint32_t s : values.symbols) enc.push(value_model, s);
+  for (uint8_t s : values.symbols) enc.push(value_model, s);
   put_section(out, enc.finish());
   put_section(out, values.escapes);
   return out;
@@ -292,7 +293,7 @@ uint32_t best_rice_parameter(std::span<const uint64_t> gaps) {
   long double sum = 0;
   for (uint64_t g : gaps) sum += static_cast<long double>(g);
   const uint64_t mean = static_cast<uint64_t>(sum / static_cast<long double>(gaps.size()));
-  const uint32_t b = bit_length(mean);
+  const uint32_t b = gap_bit_length(mean);
   uint32_t best = 0;
   uint64_t best_bits = ~0ull;
   for (uint32_t k = b > 2 ? b - 2 : 0; k <= std::min(b + 1, kMaxRiceParameter); ++k) {
@@ -381,7 +382,7 @@ Result<std::vector<std::byte>> encode_class(DType dtype, std::span<const std::by
   }
   value_model.serialize(out);
   rans::Encoder enc;
-  for (uint32_t s : values.symbols) enc.push(value_model, s);
+  for (uint8_t s : values.symbols) enc.push(value_model, s);
   put_section(out, enc.finish());
   put_section(out, bits.finish());
   put_section(out, values.escapes);
@@ -641,15 +642,17 @@ bool has_class_layout(DType dtype) { return class_field(dtype).count != 0; }
 
 namespace {
 
-// `base` is the whole base tensor, or empty when only the changed elements are known (no class layout).
-Result<std::vector<std::byte>> encode_symbols(DType dtype, uint64_t numel, std::span<const std::byte> base,
-                                              std::span<const uint64_t> positions, const ValueSymbols& values,
-                                              const Options& options) {
+// `base` is the whole base tensor, or empty when only the changed elements are known (no class layout);
+// `gaps` are layout 1's symbols of `positions`.
+Result<std::vector<std::byte>> encode_best(DType dtype, uint64_t numel, std::span<const std::byte> base,
+                                           std::span<const uint64_t> positions, std::span<const uint8_t> gap_lengths,
+                                           std::span<const std::byte> mantissas, const ValueSymbols& values,
+                                           const Options& options) {
   const size_t n = positions.size();
   DWS_ASSIGN_OR_RETURN(rans::Model value_model, rans::Model::from_counts(values.counts));
   if (options.only) {
     switch (*options.only) {
-      case Layout::kGaps: return encode_gaps(positions, values, value_model);
+      case Layout::kGaps: return encode_gaps(gap_lengths, mantissas, values, value_model);
       case Layout::kBitmap: return encode_bitmap(numel, positions, values, value_model);
       case Layout::kClass:
         if (!has_class_layout(dtype) || base.empty()) {
@@ -658,7 +661,7 @@ Result<std::vector<std::byte>> encode_symbols(DType dtype, uint64_t numel, std::
         return encode_class(dtype, base, positions, values, value_model);
     }
   }
-  DWS_ASSIGN_OR_RETURN(std::vector<std::byte> best, encode_gaps(positions, values, value_model));
+  DWS_ASSIGN_OR_RETURN(std::vector<std::byte> best, encode_gaps(gap_lengths, mantissas, values, value_model));
   auto keep_smaller = [&](Result<std::vector<std::byte>> other) -> Status {
     if (!other.ok()) return other.status();
     if (other->size() < best.size()) best = std::move(*other);
@@ -682,24 +685,119 @@ std::vector<std::byte> empty_payload() {
   return out;
 }
 
+Status check_value_sizes(DType dtype, std::span<const uint64_t> positions, std::span<const std::byte> base_values,
+                         std::span<const std::byte> target_values) {
+  const size_t w = dtype_size_bytes(dtype);
+  if (base_values.size() != positions.size() * w || target_values.size() != positions.size() * w) {
+    return make_error(ErrorCode::kInvalidArgument, "native: " + std::to_string(positions.size()) + " positions need " +
+                                                       std::to_string(positions.size() * w) + " bytes of base and target values each, got " +
+                                                       std::to_string(base_values.size()) + " and " + std::to_string(target_values.size()));
+  }
+  return Status::Ok();
+}
+
+Status invalid_symbols(const std::string& msg) { return make_error(ErrorCode::kInvalidArgument, "native symbols: " + msg); }
+
 }  // namespace
 
 Result<std::vector<std::byte>> encode(DType dtype, std::span<const std::byte> base, std::span<const std::byte> target,
                                       std::span<const uint64_t> positions, const Options& options) {
   if (positions.empty()) return empty_payload();
   const uint64_t numel = base.size() / dtype_size_bytes(dtype);
-  return encode_symbols(dtype, numel, base, positions, value_symbols(dtype, base, target, positions, false), options);
+  const GapSymbols gaps = gap_symbols(positions);
+  return encode_best(dtype, numel, base, positions, gaps.lengths, gaps.mantissas,
+                     value_symbols(dtype, base, target, positions, false), options);
 }
 
 Result<std::vector<std::byte>> encode_changes(DType dtype, uint64_t numel, std::span<const uint64_t> positions,
                                               std::span<const std::byte> base_values, std::span<const std::byte> target_values) {
-  const size_t w = dtype_size_bytes(dtype);
-  if (base_values.size() != positions.size() * w || target_values.size() != positions.size() * w) {
-    return make_error(ErrorCode::kInvalidArgument, "native: " + std::to_string(positions.size()) + " positions need " +
-                                                       std::to_string(positions.size() * w) + " bytes of base and target values each");
-  }
+  DWS_RETURN_IF_ERROR(check_value_sizes(dtype, positions, base_values, target_values));
   if (positions.empty()) return empty_payload();
-  return encode_symbols(dtype, numel, {}, positions, value_symbols(dtype, base_values, target_values, positions, true), {});
+  const GapSymbols gaps = gap_symbols(positions);
+  return encode_best(dtype, numel, {}, positions, gaps.lengths, gaps.mantissas,
+                     value_symbols(dtype, base_values, target_values, positions, true), {});
+}
+
+Result<ChangeSymbols> symbolize_changes(DType dtype, uint64_t numel, std::span<const uint64_t> positions,
+                                        std::span<const std::byte> base_values, std::span<const std::byte> target_values) {
+  DWS_RETURN_IF_ERROR(check_value_sizes(dtype, positions, base_values, target_values));
+  for (size_t i = 0; i < positions.size(); ++i) {
+    if (positions[i] >= numel || (i > 0 && positions[i] <= positions[i - 1])) {
+      return make_error(ErrorCode::kInvalidArgument, "native: position " + std::to_string(positions[i]) + " (change " + std::to_string(i) +
+                                                         ") is not ascending within " + std::to_string(numel) + " elements");
+    }
+  }
+  ChangeSymbols out;
+  GapSymbols gaps = gap_symbols(positions);
+  out.gap_lengths = std::move(gaps.lengths);
+  out.mantissas = std::move(gaps.mantissas);
+  out.values.resize(positions.size());
+  dispatch(dtype, [&]<size_t W, bool kFloat>() {
+    const size_t w = W;
+    for (size_t i = 0; i < positions.size(); ++i) {
+      const uint64_t zz = zigzag_key_distance<W, kFloat>(load<W>(base_values.data() + i * w), load<W>(target_values.data() + i * w));
+      out.values[i] = static_cast<uint8_t>(std::min<uint64_t>(zz, kEscape));
+      if (zz >= kEscape) out.escapes.push_back(zz - kEscape);
+    }
+    return 0;
+  });
+  return out;
+}
+
+Result<std::vector<std::byte>> encode_symbols(DType dtype, uint64_t numel, const ChangeSymbols& symbols) {
+  const size_t n = symbols.values.size();
+  if (symbols.gap_lengths.size() != n) {
+    return invalid_symbols(std::to_string(n) + " value symbols but " + std::to_string(symbols.gap_lengths.size()) + " gap lengths");
+  }
+  if (n == 0) {
+    if (!symbols.mantissas.empty() || !symbols.escapes.empty()) return invalid_symbols("no changes, but mantissas or escapes");
+    return empty_payload();
+  }
+  // The positions, from the gaps: checks lengths, the use of every mantissa bit, order and range.
+  std::vector<uint64_t> positions(n);
+  BitReader reader(symbols.mantissas);
+  uint64_t next = 0;  // the smallest position the next change may have
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t len = symbols.gap_lengths[i];
+    if (len > 64) return invalid_symbols("change " + std::to_string(i) + " has gap length " + std::to_string(len) + " > 64");
+    uint64_t gap = len == 0 ? 0 : 1;
+    if (len >= 2) {
+      uint64_t low = 0;
+      if (!reader.get(gap_mantissa_bits(len), &low)) {
+        return invalid_symbols("the mantissa section (" + std::to_string(symbols.mantissas.size()) + " bytes) ends at change " + std::to_string(i));
+      }
+      gap = (1ull << (len - 1)) | low;
+    }
+    if (next >= numel || gap >= numel - next) {
+      return invalid_symbols("change " + std::to_string(i) + " is past the tensor's " + std::to_string(numel) + " elements");
+    }
+    positions[i] = next + gap;
+    next = positions[i] + 1;
+  }
+  if (!reader.finished_cleanly()) {
+    return invalid_symbols("the mantissa section (" + std::to_string(symbols.mantissas.size()) + " bytes) has bits the gaps do not use");
+  }
+  ValueSymbols values;
+  values.symbols = symbols.values;
+  const size_t w = dtype_size_bytes(dtype);
+  const uint64_t max_z = kWidthMask<8> >> (64 - 8 * w);  // 2^(8w) - 1
+  size_t e = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const uint8_t sym = symbols.values[i];
+    if (sym == 0) return invalid_symbols("change " + std::to_string(i) + " has value symbol 0 (its value did not change)");
+    ++values.counts[sym];
+    if (sym != kEscape) continue;
+    if (e == symbols.escapes.size()) return invalid_symbols("more escaped values than the " + std::to_string(e) + " escapes");
+    if (symbols.escapes[e] > max_z - kEscape) {
+      return invalid_symbols("escape " + std::to_string(e) + " (" + std::to_string(symbols.escapes[e]) + ") is past " +
+                             std::string(dtype_name(dtype)) + "'s largest distance");
+    }
+    rans::put_varint(values.escapes, symbols.escapes[e++]);
+  }
+  if (e != symbols.escapes.size()) {
+    return invalid_symbols(std::to_string(symbols.escapes.size()) + " escapes for " + std::to_string(e) + " escaped values");
+  }
+  return encode_best(dtype, numel, {}, positions, symbols.gap_lengths, symbols.mantissas, values, {});
 }
 
 namespace {

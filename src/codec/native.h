@@ -45,6 +45,26 @@ Result<std::vector<std::byte>> encode(DType dtype, std::span<const std::byte> ba
 Result<std::vector<std::byte>> encode_changes(DType dtype, uint64_t numel, std::span<const uint64_t> positions,
                                               std::span<const std::byte> base_values, std::span<const std::byte> target_values);
 
+// ---- encoding in two halves: per change (parallel, what a GPU computes where the changes are), then per
+// tensor (models, rANS, the layout choice) ----
+
+// Layout 1's per-change symbols of a tensor's changes, in position order.
+struct ChangeSymbols {
+  std::vector<uint8_t> gap_lengths;  // per change: the bit length L (0..64) of its gap (model G's symbol)
+  std::vector<uint8_t> values;       // per change: its zigzag key distance z if z < 255, else 255 (model V's symbol)
+  std::vector<std::byte> mantissas;  // layout 1's mantissa section: the L - 1 low bits of every gap with L >= 2
+  std::vector<uint64_t> escapes;     // z - 255 of every change whose symbol is 255, in order
+};
+
+// The first half on the host (the reference of gpu::NativeEncoder); inputs as encode_changes takes them.
+Result<ChangeSymbols> symbolize_changes(DType dtype, uint64_t numel, std::span<const uint64_t> positions,
+                                        std::span<const std::byte> base_values, std::span<const std::byte> target_values);
+
+// The second half: the payload encode_changes writes for the same changes, byte for byte. `symbols` is
+// checked as hostile before anything is coded (sizes agree, L <= 64, z != 0 and fits the dtype, mantissa
+// bits exactly used, positions ascending and < numel): E_INVALID_ARGUMENT saying what disagrees.
+Result<std::vector<std::byte>> encode_symbols(DType dtype, uint64_t numel, const ChangeSymbols& symbols);
+
 // Decodes against `base` (the receiver's current tensor of `numel` elements); validates everything.
 Status decode(DType dtype, uint64_t numel, uint64_t changes, std::span<const std::byte> payload,
               std::span<const std::byte> base, const ChangeSink& sink);

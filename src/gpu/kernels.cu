@@ -12,13 +12,16 @@
 #include <cuda_runtime.h>
 
 #include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
 #include <cub/device/device_scan.cuh>
 
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <type_traits>
 
 #include "codec/element_key.h"
+#include "codec/native_symbols.h"
 #include "gpu/cuda_status.h"
 #include "gpu/kernels.h"
 
@@ -324,7 +327,6 @@ __device__ __forceinline__ void scatter_chunk_op(const ScatterChunk& c) {
 // with CUDA 12.1+), so that a scatter needs no upload and no synchronization: fully stream-ordered.
 constexpr uint32_t kChunksPerLaunch = 960;
 struct ScatterBatch {
-  uint32_t n;
   ScatterChunk chunks[kChunksPerLaunch];
 };
 static_assert(sizeof(ScatterBatch) < 32000, "kernel parameters are limited to 32 KB");
@@ -361,6 +363,103 @@ __global__ void __launch_bounds__(kThreads) gather_words_kernel(const __grid_con
       for (uint64_t b = 0; b < 8 && first + b < c.tensor_bytes; ++b) word |= static_cast<uint64_t>(bytes[first + b]) << (8 * b);
     }
     c.words[i] = word;
+  }
+}
+
+// ---- the native codec's per-change half (codec/native_symbols.h) ----
+
+constexpr uint32_t kSymbolChunksPerLaunch = 390;  // 80-byte chunks
+struct SymbolBatch {
+  SymbolChunk chunks[kSymbolChunksPerLaunch];
+};
+static_assert(sizeof(SymbolBatch) < 32000, "kernel parameters are limited to 32 KB");
+constexpr uint32_t kSymbolsPerThread = kSymbolChunk / kThreads;
+static_assert(kSymbolsPerThread * kThreads == kSymbolChunk, "a thread packs a whole run of a chunk");
+
+// The gap before change i of the chunk (layout 1: the position itself for a tensor's first change).
+__device__ __forceinline__ uint64_t chunk_gap(const SymbolChunk& c, uint32_t i) {
+  const uint64_t p = c.positions[i];
+  return i == 0 && c.tensor_start ? p : p - c.positions[static_cast<int64_t>(i) - 1] - 1;
+}
+
+template <int W, bool kFloat>
+__device__ __forceinline__ uint64_t chunk_distance(const SymbolChunk& c, uint32_t i) {
+  using T = typename Elem<W>::T;
+  return codec::native::zigzag_key_distance<W, kFloat>(static_cast<uint64_t>(static_cast<const T*>(c.base_values)[i]),
+                                                        static_cast<uint64_t>(static_cast<const T*>(c.target_values)[i]));
+}
+
+// Mantissa bits in the high 32 bits, escapes in the low 32 (a chunk has at most 4096 * 63 bits).
+__device__ __forceinline__ unsigned long long bits_and_escape(uint32_t gap_length, uint64_t distance) {
+  return (static_cast<unsigned long long>(codec::native::gap_mantissa_bits(gap_length)) << 32) |
+         (distance >= codec::native::kEscapeSymbol ? 1ull : 0ull);
+}
+
+template <int W, bool kFloat>
+__device__ __forceinline__ void symbolize_chunk(const SymbolChunk& c) {
+  using Reduce = cub::BlockReduce<unsigned long long, kThreads>;
+  __shared__ typename Reduce::TempStorage storage;
+  unsigned long long sum = 0;
+  for (uint32_t i = threadIdx.x; i < c.count; i += blockDim.x) {
+    const uint32_t len = codec::native::gap_bit_length(chunk_gap(c, i));
+    const uint64_t z = chunk_distance<W, kFloat>(c, i);
+    c.gap_lengths[i] = static_cast<uint8_t>(len);
+    c.values[i] = static_cast<uint8_t>(z < codec::native::kEscapeSymbol ? z : codec::native::kEscapeSymbol);
+    sum += bits_and_escape(len, z);
+  }
+  const unsigned long long total = Reduce(storage).Sum(sum);
+  if (threadIdx.x == 0) {
+    c.counts[0] = static_cast<uint32_t>(total >> 32);
+    c.counts[1] = static_cast<uint32_t>(total & 0xFFFFFFFFull);
+  }
+}
+
+// ORs the low `bits` (1..63) of value into the bit stream at bit `at`.
+__device__ __forceinline__ void or_bits(unsigned long long* words, uint64_t at, uint64_t value, uint32_t bits) {
+  const uint64_t w = at / 64;
+  const uint32_t s = static_cast<uint32_t>(at % 64);
+  atomicOr(words + w, static_cast<unsigned long long>(value << s));
+  if (s + bits > 64) atomicOr(words + w + 1, static_cast<unsigned long long>(value >> (64 - s)));
+}
+
+template <int W, bool kFloat>
+__device__ __forceinline__ void pack_chunk(const SymbolChunk& c) {
+  using Scan = cub::BlockScan<unsigned long long, kThreads>;
+  __shared__ typename Scan::TempStorage storage;
+  const uint32_t begin = min(threadIdx.x * kSymbolsPerThread, c.count);
+  const uint32_t end = min(begin + kSymbolsPerThread, c.count);
+  unsigned long long mine = 0;
+  for (uint32_t i = begin; i < end; ++i) mine += bits_and_escape(codec::native::gap_bit_length(chunk_gap(c, i)), chunk_distance<W, kFloat>(c, i));
+  unsigned long long offset = 0;
+  Scan(storage).ExclusiveSum(mine, offset);
+  uint64_t bit = c.first_bit + (offset >> 32);
+  uint64_t escape = offset & 0xFFFFFFFFull;
+  for (uint32_t i = begin; i < end; ++i) {
+    const uint64_t gap = chunk_gap(c, i);
+    const uint32_t m = codec::native::gap_mantissa_bits(codec::native::gap_bit_length(gap));
+    if (m > 0) {
+      or_bits(c.words, bit, gap & ((1ull << m) - 1), m);
+      bit += m;
+    }
+    const uint64_t z = chunk_distance<W, kFloat>(c, i);
+    if (z >= codec::native::kEscapeSymbol) c.escapes[escape++] = z - codec::native::kEscapeSymbol;
+  }
+}
+
+template <bool kPack, int W, bool kFloat>
+__device__ __forceinline__ void symbol_chunk(const SymbolChunk& c) {
+  if constexpr (kPack) pack_chunk<W, kFloat>(c); else symbolize_chunk<W, kFloat>(c);
+}
+
+template <bool kPack>
+__global__ void __launch_bounds__(kThreads) symbol_chunks_kernel(const __grid_constant__ SymbolBatch batch) {
+  const SymbolChunk& c = batch.chunks[blockIdx.x];
+  const bool f = c.is_float != 0;
+  switch (c.elem_size) {
+    case 1: f ? symbol_chunk<kPack, 1, true>(c) : symbol_chunk<kPack, 1, false>(c); break;
+    case 2: f ? symbol_chunk<kPack, 2, true>(c) : symbol_chunk<kPack, 2, false>(c); break;
+    case 4: f ? symbol_chunk<kPack, 4, true>(c) : symbol_chunk<kPack, 4, false>(c); break;
+    default: f ? symbol_chunk<kPack, 8, true>(c) : symbol_chunk<kPack, 8, false>(c); break;
   }
 }
 
@@ -598,27 +697,39 @@ Status scatter(void* tensor, DType dtype, codec::ChangeOp op, const uint64_t* po
   });
 }
 
-Status scatter_chunks(const ScatterChunk* chunks, uint64_t n, Stream stream) {
-  cudaStream_t st = as_stream(stream);
-  for (uint64_t first = 0; first < n; first += kChunksPerLaunch) {
-    auto batch = std::make_unique<ScatterBatch>();
-    batch->n = static_cast<uint32_t>(std::min<uint64_t>(n - first, kChunksPerLaunch));
-    std::copy(chunks + first, chunks + first + batch->n, batch->chunks);
-    scatter_chunks_kernel<<<batch->n, kThreads, 0, st>>>(*batch);
+namespace {
+// Launches `kernel` with one block per chunk, Batch's capacity of chunks at a time, each batch passed by value
+// as the kernel's parameter: nothing uploaded, nothing waited for.
+template <typename Batch, typename Chunk>
+Status launch_batches(void (*kernel)(const Batch), const Chunk* chunks, uint64_t n, Stream stream) {
+  constexpr uint64_t kCapacity = std::extent_v<decltype(Batch::chunks)>;
+  for (uint64_t first = 0; first < n; first += kCapacity) {
+    auto batch = std::make_unique<Batch>();
+    const auto count = static_cast<uint32_t>(std::min<uint64_t>(n - first, kCapacity));
+    std::copy(chunks + first, chunks + first + count, batch->chunks);
+    kernel<<<count, kThreads, 0, as_stream(stream)>>>(*batch);
     DWS_CUDA(cudaGetLastError());
   }
   return Status::Ok();
 }
+}  // namespace
 
+Status scatter_chunks(const ScatterChunk* chunks, uint64_t n, Stream stream) {
+  return launch_batches(scatter_chunks_kernel, chunks, n, stream);
+}
 Status gather_words(const WordGatherChunk* chunks, uint64_t n, Stream stream) {
-  cudaStream_t st = as_stream(stream);
-  for (uint64_t first = 0; first < n; first += kWordChunksPerLaunch) {
-    auto batch = std::make_unique<WordGatherBatch>();
-    const auto count = static_cast<uint32_t>(std::min<uint64_t>(n - first, kWordChunksPerLaunch));
-    std::copy(chunks + first, chunks + first + count, batch->chunks);
-    gather_words_kernel<<<count, kThreads, 0, st>>>(*batch);
-    DWS_CUDA(cudaGetLastError());
-  }
+  return launch_batches(gather_words_kernel, chunks, n, stream);
+}
+Status symbolize_chunks(const SymbolChunk* chunks, uint64_t n, Stream stream) {
+  return launch_batches(symbol_chunks_kernel<false>, chunks, n, stream);
+}
+Status pack_chunks(const SymbolChunk* chunks, uint64_t n, Stream stream) {
+  return launch_batches(symbol_chunks_kernel<true>, chunks, n, stream);
+}
+
+Status memset_async(void* dst, int value, uint64_t bytes, Stream stream) {
+  if (bytes == 0) return Status::Ok();
+  DWS_CUDA(cudaMemsetAsync(dst, value, bytes, as_stream(stream)));
   return Status::Ok();
 }
 

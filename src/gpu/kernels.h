@@ -99,4 +99,32 @@ struct WordGatherChunk {
 };
 Status gather_words(const WordGatherChunk* chunks, uint64_t n, Stream stream);
 
+// The native codec's per-change half (codec/native_symbols.h) in two launches over chunks of at most
+// kSymbolChunk changes of one tensor (one block each; `chunks` is host memory passed as kernel parameters,
+// the pointers in it device pointers):
+//   symbolize_chunks writes each change's gap length and value symbol and the chunk's totals (mantissa bits,
+//   escapes) to counts[0..1];
+//   pack_chunks then writes each gap's mantissa bits, LSB-first from bit first_bit of `words` (zeroed by the
+//   caller; chunks of one tensor share words, set with atomic ORs), and each escape (z - 255) from `escapes`.
+// A thread takes kSymbolChunk / 256 consecutive changes, its offsets an exclusive scan over the block.
+inline constexpr uint32_t kSymbolChunk = 4096;
+struct SymbolChunk {
+  const uint64_t* positions = nullptr;  // the chunk's first position; positions[-1] is the previous change's unless tensor_start
+  const void* base_values = nullptr;    // the chunk's first base value
+  const void* target_values = nullptr;
+  uint8_t* gap_lengths = nullptr;       // out: the chunk's first gap length
+  uint8_t* values = nullptr;            // out: the chunk's first value symbol
+  uint32_t* counts = nullptr;           // out (symbolize): the chunk's mantissa bits, then its escapes
+  unsigned long long* words = nullptr;  // out (pack): the tensor's mantissa section, as 64-bit words
+  uint64_t first_bit = 0;               // (pack) the chunk's first mantissa bit within the tensor's section
+  uint64_t* escapes = nullptr;          // out (pack): the chunk's first escape
+  uint32_t count = 0;                   // 1..kSymbolChunk
+  uint8_t elem_size = 0;                // 1, 2, 4 or 8
+  uint8_t is_float = 0;
+  uint8_t tensor_start = 0;             // the chunk starts its tensor's changes (its first gap is its position)
+};
+Status symbolize_chunks(const SymbolChunk* chunks, uint64_t n, Stream stream);
+Status pack_chunks(const SymbolChunk* chunks, uint64_t n, Stream stream);
+Status memset_async(void* dst, int value, uint64_t bytes, Stream stream);
+
 }  // namespace dws::gpu::detail

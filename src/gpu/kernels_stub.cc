@@ -21,5 +21,8 @@ Status diff_compact(const DiffTensor*, const DiffPlan&, void*, const uint64_t*, 
 Status scatter(void*, DType, codec::ChangeOp, const uint64_t*, const void*, uint64_t, Stream) { return no_cuda(); }
 Status scatter_chunks(const ScatterChunk*, uint64_t, Stream) { return no_cuda(); }
 Status gather_words(const WordGatherChunk*, uint64_t, Stream) { return no_cuda(); }
+Status symbolize_chunks(const SymbolChunk*, uint64_t, Stream) { return no_cuda(); }
+Status pack_chunks(const SymbolChunk*, uint64_t, Stream) { return no_cuda(); }
+Status memset_async(void*, int, uint64_t, Stream) { return no_cuda(); }
 
 }  // namespace dws::gpu::detail
