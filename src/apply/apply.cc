@@ -5,10 +5,10 @@
 #include <map>
 #include <unordered_map>
 
+#include "apply/in_memory.h"
 #include "apply/journal.h"
 #include "codec/codecs.h"
 #include "dws/patch.h"
-#include "apply/in_memory.h"
 #include "patch/patch_internal.h"
 
 namespace dws {
@@ -313,8 +313,7 @@ Result<uint64_t> apply_patch_to_tensors(const Patch& patch, std::span<const Tens
                                                          shape_string(v.shape) + " (" + std::to_string(v.data.size()) + " bytes); the patch expects " +
                                                          std::string(dtype_name(t.dtype)) + " " + shape_string(t.shape));
     }
-    DWS_RETURN_IF_ERROR(in_memory::check_base_digest(t, digests, what));
-    const Digest128& base_digest = digests.find(t.name)->second;
+    DWS_ASSIGN_OR_RETURN(const Digest128 base_digest, in_memory::check_base_digest(t, digests, what));
     Pending p{&v, &t, {}, {}};
     if (t.encoding == Encoding::kFull) {
       const Digest128 got = tensor_digest(t.name, t.dtype, t.shape, patch.payload(t, 0));
@@ -368,14 +367,14 @@ Status check_modified(const PatchTensor& t, const std::string& what) {
                                                  " tensor '" + t.name + "'; tensors in memory cannot change their set or shape");
 }
 
-Status check_base_digest(const PatchTensor& t, const TensorDigests& digests, const std::string& what) {
+Result<Digest128> check_base_digest(const PatchTensor& t, const TensorDigests& digests, const std::string& what) {
   auto known = digests.find(t.name);
   if (known == digests.end()) return make_error(ErrorCode::kInvalidArgument, what + "no digest was given for tensor '" + t.name + "'");
   if (!t.base_digest || known->second != *t.base_digest) {
     return base_mismatch(what + "tensor '" + t.name + "' has digest " + digest_hex(known->second) + "; the patch applies to " +
                          (t.base_digest ? digest_hex(*t.base_digest) : std::string("none")));
   }
-  return Status::Ok();
+  return known->second;
 }
 
 Status target_mismatch(const std::string& what, const PatchTensor& t, const Digest128& got) {

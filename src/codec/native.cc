@@ -20,7 +20,7 @@ constexpr uint8_t kLayoutClass = static_cast<uint8_t>(Layout::kClass);
 constexpr uint8_t kLayoutBitmap = static_cast<uint8_t>(Layout::kBitmap);
 constexpr uint32_t kGapAlphabet = 65;     // bit length of a gap: 0..64
 constexpr uint32_t kValueAlphabet = 256;  // zigzag distance 0..254, 255 = escape
-constexpr uint64_t kEscape = 255;
+constexpr uint64_t kEscape = kEscapeSymbol;  // codec/native_symbols.h, as a 64-bit operand
 constexpr uint32_t kMaxRiceParameter = 62;
 // The bitmap layout is tried from this density on (below it, a bitmap costs more symbols than gaps).
 constexpr double kBitmapMinDensity = 1.0 / 32;
@@ -159,6 +159,13 @@ void put_section(std::vector<std::byte>& out, const std::vector<std::byte>& sect
   out.insert(out.end(), section.begin(), section.end());
 }
 
+// The escapes section: varints, in order.
+void put_escapes(std::vector<std::byte>& out, std::span<const uint64_t> escapes) {
+  std::vector<std::byte> section;
+  for (uint64_t e : escapes) rans::put_varint(section, e);
+  put_section(out, section);
+}
+
 bool get_section(std::span<const std::byte> in, size_t* at, std::span<const std::byte>* section) {
   uint64_t n = 0;
   if (!rans::get_varint(in, at, &n) || n > in.size() - *at) return false;
@@ -191,7 +198,7 @@ ClassField class_field(DType d) {
 struct ValueSymbols {
   std::vector<uint8_t> symbols;
   std::vector<uint64_t> counts = std::vector<uint64_t>(kValueAlphabet, 0);
-  std::vector<std::byte> escapes;  // the escapes section (varints)
+  std::vector<uint64_t> escapes;  // z - 255 of every escaped change, in order
 };
 
 // base and target are whole tensors, read at positions[i]; or, when `compact`, the changed elements
@@ -204,12 +211,8 @@ ValueSymbols value_symbols(DType dtype, std::span<const std::byte> base, std::sp
     for (size_t i = 0; i < positions.size(); ++i) {
       const uint64_t p = compact ? i : positions[i];
       const uint64_t zz = zigzag_key_distance<W, kFloat>(load<W>(base.data() + p * W), load<W>(target.data() + p * W));
-      if (zz >= kEscape) {
-        v.symbols[i] = static_cast<uint8_t>(kEscape);
-        rans::put_varint(v.escapes, zz - kEscape);
-      } else {
-        v.symbols[i] = static_cast<uint8_t>(zz);
-      }
+      v.symbols[i] = static_cast<uint8_t>(std::min(zz, kEscape));
+      if (zz >= kEscape) v.escapes.push_back(zz - kEscape);
       ++v.counts[v.symbols[i]];
     }
     return 0;
@@ -258,7 +261,7 @@ Result<std::vector<std::byte>> encode_gaps(std::span<const uint8_t> gap_lengths,
   put_section(out, enc.finish());
   rans::put_varint(out, mantissas.size());
   out.insert(out.end(), mantissas.begin(), mantissas.end());
-  put_section(out, values.escapes);
+  put_escapes(out, values.escapes);
   return out;
 }
 
@@ -278,7 +281,7 @@ Result<std::vector<std::byte>> encode_bitmap(uint64_t numel, std::span<const uin
   for (uint8_t b : bitmap) enc.push(byte_model, b);
   for (uint8_t s : values.symbols) enc.push(value_model, s);
   put_section(out, enc.finish());
-  put_section(out, values.escapes);
+  put_escapes(out, values.escapes);
   return out;
 }
 
@@ -385,7 +388,7 @@ Result<std::vector<std::byte>> encode_class(DType dtype, std::span<const std::by
   for (uint8_t s : values.symbols) enc.push(value_model, s);
   put_section(out, enc.finish());
   put_section(out, bits.finish());
-  put_section(out, values.escapes);
+  put_escapes(out, values.escapes);
   return out;
 }
 
@@ -727,21 +730,9 @@ Result<ChangeSymbols> symbolize_changes(DType dtype, uint64_t numel, std::span<c
                                                          ") is not ascending within " + std::to_string(numel) + " elements");
     }
   }
-  ChangeSymbols out;
   GapSymbols gaps = gap_symbols(positions);
-  out.gap_lengths = std::move(gaps.lengths);
-  out.mantissas = std::move(gaps.mantissas);
-  out.values.resize(positions.size());
-  dispatch(dtype, [&]<size_t W, bool kFloat>() {
-    const size_t w = W;
-    for (size_t i = 0; i < positions.size(); ++i) {
-      const uint64_t zz = zigzag_key_distance<W, kFloat>(load<W>(base_values.data() + i * w), load<W>(target_values.data() + i * w));
-      out.values[i] = static_cast<uint8_t>(std::min<uint64_t>(zz, kEscape));
-      if (zz >= kEscape) out.escapes.push_back(zz - kEscape);
-    }
-    return 0;
-  });
-  return out;
+  ValueSymbols values = value_symbols(dtype, base_values, target_values, positions, true);
+  return ChangeSymbols{std::move(gaps.lengths), std::move(values.symbols), std::move(gaps.mantissas), std::move(values.escapes)};
 }
 
 Result<std::vector<std::byte>> encode_symbols(DType dtype, uint64_t numel, const ChangeSymbols& symbols) {
@@ -777,8 +768,7 @@ Result<std::vector<std::byte>> encode_symbols(DType dtype, uint64_t numel, const
   if (!reader.finished_cleanly()) {
     return invalid_symbols("the mantissa section (" + std::to_string(symbols.mantissas.size()) + " bytes) has bits the gaps do not use");
   }
-  ValueSymbols values;
-  values.symbols = symbols.values;
+  ValueSymbols values{symbols.values, std::vector<uint64_t>(kValueAlphabet, 0), symbols.escapes};
   const size_t w = dtype_size_bytes(dtype);
   const uint64_t max_z = kWidthMask<8> >> (64 - 8 * w);  // 2^(8w) - 1
   size_t e = 0;
@@ -792,7 +782,7 @@ Result<std::vector<std::byte>> encode_symbols(DType dtype, uint64_t numel, const
       return invalid_symbols("escape " + std::to_string(e) + " (" + std::to_string(symbols.escapes[e]) + ") is past " +
                              std::string(dtype_name(dtype)) + "'s largest distance");
     }
-    rans::put_varint(values.escapes, symbols.escapes[e++]);
+    ++e;
   }
   if (e != symbols.escapes.size()) {
     return invalid_symbols(std::to_string(symbols.escapes.size()) + " escapes for " + std::to_string(e) + " escaped values");

@@ -7,9 +7,9 @@
 #include <string>
 #include <utility>
 
+#include "apply/in_memory.h"
 #include "codec/codecs.h"
 #include "dws/gpu.h"
-#include "apply/in_memory.h"
 #include "gpu/changed_words.h"
 #include "gpu/gpu_internal.h"
 #include "gpu/kernels.h"
@@ -254,7 +254,7 @@ Result<uint64_t> apply_patch_to_device_tensors(const Patch& patch, std::span<con
                                                          std::string(dtype_name(pt.dtype)) + " " + shape_string(pt.shape));
     }
     DWS_RETURN_IF_ERROR(check_aligned(t, what));
-    DWS_RETURN_IF_ERROR(in_memory::check_base_digest(pt, digests, what));
+    DWS_RETURN_IF_ERROR(in_memory::check_base_digest(pt, digests, what).status());
     Pending p;
     p.tensor = &t;
     p.patch_tensor = &pt;
