@@ -429,6 +429,23 @@ TEST(NativeSymbols, BothHalvesWriteEncodeChangesPayloadByteForByte) {
   EXPECT_GT(bitmaps, 0u);  // and positions rebuilt from the gaps for the bitmap
 }
 
+// The CPU half refuses what encode_changes's callers must never pass, by name: value arrays of the wrong
+// size, positions out of order or past the tensor.
+TEST(NativeSymbols, SymbolizeRefusesBadChangesByName) {
+  const std::vector<std::byte> two(4, std::byte{1}), three(6, std::byte{2});
+  auto refused = [&](Result<codec::native::ChangeSymbols> r, const std::string& says) {
+    ASSERT_FALSE(r.ok()) << says;
+    EXPECT_EQ(r.status().code(), ErrorCode::kInvalidArgument) << says;
+    EXPECT_NE(r.status().message().find(says), std::string::npos) << r.status().to_string();
+  };
+  const std::vector<uint64_t> ok{3, 7};
+  refused(codec::native::symbolize_changes(DType::kU16, 10, ok, two, three), "2 positions need 4 bytes of base and target values each, got 4 and 6");
+  refused(codec::native::symbolize_changes(DType::kU16, 10, std::vector<uint64_t>{7, 3}, two, two), "position 3 (change 1) is not ascending");
+  refused(codec::native::symbolize_changes(DType::kU16, 10, std::vector<uint64_t>{3, 3}, two, two), "position 3 (change 1) is not ascending");
+  refused(codec::native::symbolize_changes(DType::kU16, 7, ok, two, two), "position 7 (change 1) is not ascending within 7 elements");
+  EXPECT_EQ(codec::native::encode_changes(DType::kU16, 10, ok, two, three).status().code(), ErrorCode::kInvalidArgument);
+}
+
 // encode_symbols takes what a GPU computed: every inconsistency is refused by name, nothing is coded.
 TEST(NativeSymbols, InconsistentSymbolsAreRefusedByName) {
   std::mt19937_64 rng(82);
