@@ -13,6 +13,29 @@ cp "$B/tests/dws_tests" "$B/dws_bench" "$B/dws" .devlibs/bin/
 if [ -d "$B/python/dws" ]; then
   mkdir -p .devlibs/python && cp -r "$B/python/dws" .devlibs/python/
 fi
+# The lent machines' python3 (the one with PyTorch) is Python 3.12, and a native module only imports into the
+# Python version it was built for: build one more _core for that version (in build-device-py/, with a venv of
+# that Python holding nanobind) and bundle both. DWS_DEVICE_PYTHON names the interpreter (any pythonX.Y here of
+# the device's version); without one found here, only the module of $B is bundled and gpu_check.sh says so.
+DEVPY="${DWS_DEVICE_PYTHON:-}"
+if [ -z "$DEVPY" ]; then
+  for c in "$(command -v python3.12 2>/dev/null || true)" "$HOME"/.pyenv/versions/3.12*/bin/python3.12; do
+    if [ -n "$c" ] && [ -x "$c" ] && "$c" -c '' 2>/dev/null; then DEVPY="$c"; break; fi
+  done
+fi
+if [ -n "$DEVPY" ] && [ -d .devlibs/python/dws ]; then
+  DB=build-device-py
+  if [ ! -x "$DB/venv/bin/python" ] || ! "$DB/venv/bin/python" -c "import nanobind; assert nanobind.__version__ == '3.1.0'" 2>/dev/null; then
+    "$DEVPY" -m venv "$DB/venv"
+    "$DB/venv/bin/pip" install -q --disable-pip-version-check nanobind==3.1.0
+  fi
+  cmake -S . -B "$DB" -DCMAKE_BUILD_TYPE=Release -DDWS_BUILD_TESTS=OFF -DDWS_BUILD_BENCH=OFF -DDWS_PYTHON_MODULE=ON \
+    -DDWS_PYTHON="$PWD/$DB/venv/bin/python" >/dev/null
+  cmake --build "$DB" -j "$(nproc)" --target _core >/dev/null
+  cp "$DB"/python/dws/_core.cpython-*.so .devlibs/python/dws/
+else
+  echo "gpu_bundle: no Python 3.12 here (set DWS_DEVICE_PYTHON): the PyTorch CUDA test will be skipped on the device" >&2
+fi
 for so in $(ldd .devlibs/bin/* .devlibs/python/dws/*.so 2>/dev/null | awk '/=> \//{print $3}' | sort -u); do
   case "$(basename "$so")" in
     libc.so.*|libm.so.*|libstdc++.so.*|libgcc_s.so.*|libdl.so.*|libpthread.so.*|librt.so.*|libresolv.so.*|ld-linux*) ;;  # the device's own (newer, compatible)
