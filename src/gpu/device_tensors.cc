@@ -241,6 +241,7 @@ Result<uint64_t> apply_patch_to_device_tensors(const Patch& patch, std::span<con
     std::vector<uint64_t> positions;
     std::vector<std::byte> values;  // operands until checked, then the new values
     codec::ChangeOp op = codec::ChangeOp::kSet;
+    Digest128 base_digest;  // as the caller vouched for it
   };
   std::vector<Pending> pending;
   pending.reserve(h.tensors.size());
@@ -254,10 +255,11 @@ Result<uint64_t> apply_patch_to_device_tensors(const Patch& patch, std::span<con
                                                          std::string(dtype_name(pt.dtype)) + " " + shape_string(pt.shape));
     }
     DWS_RETURN_IF_ERROR(check_aligned(t, what));
-    DWS_RETURN_IF_ERROR(in_memory::check_base_digest(pt, digests, what).status());
+    DWS_ASSIGN_OR_RETURN(const Digest128 base_digest, in_memory::check_base_digest(pt, digests, what));
     Pending p;
     p.tensor = &t;
     p.patch_tensor = &pt;
+    p.base_digest = base_digest;
     if (pt.encoding == Encoding::kFull) {
       const Digest128 got = tensor_digest(pt.name, pt.dtype, pt.shape, patch.payload(pt, 0));
       if (got != pt.target_digest) return in_memory::target_mismatch(what, pt, got);
@@ -307,7 +309,7 @@ Result<uint64_t> apply_patch_to_device_tensors(const Patch& patch, std::span<con
       codec::apply_operands(dtype, p.op, values, local, p.values);
     }
     const PatchTensor& pt = *p.patch_tensor;
-    const Digest128 got = digest_add(digests.at(pt.name), cw.delta(tensor_seed(pt.name, pt.dtype, pt.shape), values));
+    const Digest128 got = digest_add(p.base_digest, cw.delta(tensor_seed(pt.name, pt.dtype, pt.shape), values));
     if (got != pt.target_digest) return in_memory::target_mismatch(what, pt, got);
     p.values = std::move(values);
     total += p.positions.size();
