@@ -1,9 +1,12 @@
-// sync_util.h — small helpers shared by publish/pull (sync.cc) and fold/gc (maintain.cc) (internal).
+// sync_util.h — helpers shared by publish (publish.cc, writers.cc), pull (pull.cc) and store maintenance
+// (maintain.cc); defined in sync_util.cc (internal).
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "dws/checkpoint.h"
 #include "dws/status.h"
@@ -23,6 +26,27 @@ std::string sidecar_path(const std::string& local_path);
 std::string without_trailing_slashes(std::string path);  // "dir/" -> "dir"; "/" stays
 // A hidden scratch path next to `local` (same filesystem, so renames into place are atomic).
 std::string scratch_path(const std::string& local, const std::string& what);
+// The files that make up a checkpoint on disk: {name inside, local path}.
+std::vector<std::pair<std::string, std::string>> checkpoint_files(const Checkpoint& cp);
+
+// The local checkpoint's version as its sidecar (sidecar_path) records it.
+struct LocalState {
+  uint64_t version = 0;
+  std::string state_digest;
+  // The tensor digests recorded with the version, present only when the checkpoint's files still carry
+  // the stamps recorded with them and the digests add up to the state digest: then they describe the
+  // bytes on disk without reading them.
+  std::optional<TensorDigests> tensor_digests;
+};
+// nullopt when there is no sidecar, or it cannot be read (the pull then identifies the state itself).
+Result<std::optional<LocalState>> read_sidecar(const std::string& local_path);
+// Records the local checkpoint's version; with its tensor digests (verified by the apply that produced
+// the files, or by a rescan) and the files' stamps, so that the next pull can trust them untouched.
+Status write_sidecar(const std::string& local_path, const Store& store, uint64_t version, const std::string& digest,
+                     const TensorDigests* tensor_digests);
+// Moves a complete checkpoint at `from` (file or directory) to `to`, replacing what is there atomically.
+Status replace_checkpoint(const std::string& from, const std::string& to);
+
 // Downloads a version's file and checks its size and XXH3 against the manifest (E_PAYLOAD_HASH), and
 // with `auth` its SHA-256 (E_AUTH); the file is removed on failure.
 Status download_verified(Store& store, const VersionFile& f, const std::string& path, const AuthKey* auth);
