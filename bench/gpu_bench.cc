@@ -19,11 +19,14 @@
 //   gpu enc     NativeEncoder::encode of the step (symbols on the device, models and rANS on the host), time vs
 //               the CPU path from the same change set: to_host + codec::native::encode_changes per tensor; the
 //               payloads must be equal. host B/chg: bytes the encoder copied to the host per change
+// The columns above a failure stop the benchmark (die); a failure in track, dev apply or gpu enc (a call's error
+// or a result that is not the target's) is printed to stderr, leaves NaN in its columns and makes the exit status 1.
 #include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -131,6 +134,7 @@ int run_gpu_bench(const std::string& sims, int runs, const std::string& json_pat
               "scatter", "scat 1%", "nccl 64M", "nccl 4M", "patch app", "payB/chg", "track", "dev apply", "gpu enc", "host B/chg");
   std::printf("%-28s %8s %10s %9s %9s %9s %9s %9s %9s %10s %10s %9s %10s %10s %10s\n", "", "", "", "x copy", "t/copy", "t/copy", "t/copy",
               "t/copy", "t/copy", "t/upload", "", "t/copy", "t/upload", "t/cpu enc", "");
+  bool failed = false;  // a section failed (reported on stderr; its columns NaN)
   for (const std::string& spec : split(sims, ',')) {
     if (spec.empty()) continue;
     std::fprintf(stderr, "dws_bench: simulating %s\n", spec.c_str());
@@ -210,53 +214,92 @@ int run_gpu_bench(const std::string& sims, int runs, const std::string& json_pat
     }
     if (!exact) die(make_error(ErrorCode::kTargetMismatch, "gpu patch apply did not reproduce the target"));
 
-    // The Python paths for CUDA tensors: the trainer's tracker and the receiver's checked apply.
-    auto named = [&](const DeviceModel& m) {
-      std::vector<gpu::NamedDeviceTensor> out;
-      for (size_t i = 0; i < base.tensors().size(); ++i) {
-        const CheckpointTensor& t = base.tensors()[i];
-        out.push_back({t.name, t.dtype, t.shape, m.tensors[i].data});
-      }
-      return out;
+    // The sections below first ran on a device after the ones above had been measured there: a failure in one
+    // is reported (stderr, exit status 1, NaN in its columns) without losing the figures of the others.
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    auto report_failure = [&](const char* section, const Status& st) {
+      std::fprintf(stderr, "dws_bench --gpu: %s: %s: %s\n", c.name.c_str(), section, st.to_string().c_str());
+      failed = true;
     };
-    const auto named_base = named(d_base), named_target = named(d_target), named_scratch = named(d_scratch);
-    gpu::DeviceChangeTracker tracker;
-    TensorDigests base_digests;
-    std::vector<TrackedTensorChanges> tracked;
-    const double track_s = median_of(runs, [&] { tracked = must(tracker.take(named_target, nullptr)); },
-                                     [&] { base_digests = must(tracker.reset(named_base, nullptr)); });
-    const std::string tracked_path = work + "/tracked.dwsp";
-    check(create_patch_from_changes(base.layout(), base_digests, tracked, tracked_path, {}).status());
-    const Patch tracked_patch = must(Patch::open(tracked_path));
-    const double dev_apply_s = median_of(runs, [&] {
-      TensorDigests digests = base_digests;
-      (void)must(gpu::apply_patch_to_device_tensors(tracked_patch, named_scratch, digests, nullptr));
-    }, reset);
-    for (size_t i = 0; i < target.tensors().size(); ++i) {
-      auto want = target.bytes(target.tensors()[i]);
-      std::vector<std::byte> have(want.size());
-      check(gpu::copy(have.data(), d_scratch.tensors[i].data, want.size(), nullptr));
-      if (std::memcmp(have.data(), want.data(), want.size()) != 0) {
-        die(make_error(ErrorCode::kTargetMismatch, "the device tracker's patch, applied on the device, did not reproduce the target"));
+
+    // The Python paths for CUDA tensors: the trainer's tracker and the receiver's checked apply.
+    double track_s = nan, dev_apply_s = nan;
+    {
+      auto named = [&](const DeviceModel& m) {
+        std::vector<gpu::NamedDeviceTensor> out;
+        for (size_t i = 0; i < base.tensors().size(); ++i) {
+          const CheckpointTensor& t = base.tensors()[i];
+          out.push_back({t.name, t.dtype, t.shape, m.tensors[i].data});
+        }
+        return out;
+      };
+      const auto named_base = named(d_base), named_target = named(d_target), named_scratch = named(d_scratch);
+      gpu::DeviceChangeTracker tracker;
+      TensorDigests base_digests;
+      std::vector<TrackedTensorChanges> tracked;
+      Status st;  // the first failure of a timed call
+      auto keep = [&](Status s) { if (!s.ok() && st.ok()) st = std::move(s); };
+      const double t_track = median_of(runs, [&] {
+        auto r = tracker.take(named_target, nullptr);
+        if (r.ok()) tracked = std::move(*r); else keep(r.status());
+      }, [&] {
+        auto r = tracker.reset(named_base, nullptr);
+        if (r.ok()) base_digests = std::move(*r); else keep(r.status());
+      });
+      const std::string tracked_path = work + "/tracked.dwsp";
+      if (st.ok()) keep(create_patch_from_changes(base.layout(), base_digests, tracked, tracked_path, {}).status());
+      if (st.ok()) {
+        track_s = t_track;
+        const Patch tracked_patch = must(Patch::open(tracked_path));
+        const double t_apply = median_of(runs, [&] {
+          TensorDigests digests = base_digests;
+          keep(gpu::apply_patch_to_device_tensors(tracked_patch, named_scratch, digests, nullptr).status());
+        }, reset);
+        for (size_t i = 0; st.ok() && i < target.tensors().size(); ++i) {
+          auto want = target.bytes(target.tensors()[i]);
+          std::vector<std::byte> have(want.size());
+          check(gpu::copy(have.data(), d_scratch.tensors[i].data, want.size(), nullptr));
+          if (std::memcmp(have.data(), want.data(), want.size()) != 0) {
+            keep(make_error(ErrorCode::kTargetMismatch, "the device tracker's patch, applied on the device, did not reproduce tensor '" +
+                                                            target.tensors()[i].name + "' of the target"));
+          }
+        }
+        if (st.ok()) dev_apply_s = t_apply;
       }
+      if (!st.ok()) report_failure("device tracker / device apply", st);
     }
 
     // The native codec with its per-change half on the device, against the CPU encoder from the same changes.
-    std::vector<std::vector<std::byte>> gpu_payloads, cpu_payloads(changes.tensors.size());
-    gpu::NativeEncoder encoder;
-    const double gpu_encode_s = median_of(runs, [&] { gpu_payloads = must(encoder.encode(changes, nullptr)); });
-    const double cpu_encode_s = median_of(runs, [&] {
-      check(gpu::Differ::to_host(changes, host_changes, nullptr));
-      for (size_t t = 0; t < changes.tensors.size(); ++t) {
-        const auto& e = changes.tensors[t];
-        cpu_payloads[t] = must(codec::native::encode_changes(e.dtype, e.numel, host_changes.positions(t),
-                                                             host_changes.base_values(t), host_changes.target_values(t)));
+    double gpu_encode_s = nan, cpu_encode_s = nan, encoder_host_bytes = nan;
+    {
+      std::vector<std::vector<std::byte>> gpu_payloads, cpu_payloads(changes.tensors.size());
+      gpu::NativeEncoder encoder;
+      Status st;
+      const double t_gpu = median_of(runs, [&] {
+        auto r = encoder.encode(changes, nullptr);
+        if (r.ok()) gpu_payloads = std::move(*r); else if (st.ok()) st = r.status();
+      });
+      cpu_encode_s = median_of(runs, [&] {
+        check(gpu::Differ::to_host(changes, host_changes, nullptr));
+        for (size_t t = 0; t < changes.tensors.size(); ++t) {
+          const auto& e = changes.tensors[t];
+          cpu_payloads[t] = must(codec::native::encode_changes(e.dtype, e.numel, host_changes.positions(t),
+                                                               host_changes.base_values(t), host_changes.target_values(t)));
+        }
+      });
+      if (st.ok() && gpu_payloads != cpu_payloads) {
+        size_t t = 0;
+        while (t < cpu_payloads.size() && t < gpu_payloads.size() && gpu_payloads[t] == cpu_payloads[t]) ++t;
+        st = make_error(ErrorCode::kInternal, "NativeEncoder's payload of tensor " + std::to_string(t) +
+                                                  " differs from the CPU encoder's for the same changes");
       }
-    });
-    if (gpu_payloads != cpu_payloads) {
-      die(make_error(ErrorCode::kInternal, "NativeEncoder's payloads differ from the CPU encoder's for the same changes"));
+      if (st.ok()) {
+        gpu_encode_s = t_gpu;
+        encoder_host_bytes = static_cast<double>(encoder.last_host_bytes()) / static_cast<double>(std::max<uint64_t>(changes.total, 1));
+      } else {
+        report_failure("native encoder", st);
+      }
     }
-    const double encoder_host_bytes = static_cast<double>(encoder.last_host_bytes()) / static_cast<double>(std::max<uint64_t>(changes.total, 1));
 
     const double density = static_cast<double>(changes.total) /
                            static_cast<double>(model_bytes / dtype_size_bytes(base.tensors()[0].dtype));
@@ -295,7 +338,7 @@ int run_gpu_bench(const std::string& sims, int runs, const std::string& json_pat
     std::filesystem::create_directories(std::filesystem::path(json_path).parent_path());
     std::ofstream(json_path) << out.dump(2) << "\n";
   }
-  return 0;
+  return failed ? 1 : 0;
 }
 
 }  // namespace dws::bench
