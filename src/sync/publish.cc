@@ -104,11 +104,7 @@ Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, 
       }
       // The snapshot must be at the latest version: pull brings it there (O(changes) when it already
       // is one version behind; rebuilt from an anchor when missing).
-      PullOptions po;
-      po.version = versions.back();
-      po.threads = options.patch.threads;
-      po.auth = options.auth;
-      auto pulled = pull(store, options.snapshot_path, po);
+      auto pulled = pull_snapshot(store, options.snapshot_path, versions.back(), options.patch.threads, options.auth);
       if (!pulled.ok()) return pulled.status().with_context("publish: bringing the snapshot " + options.snapshot_path + " to version " + std::to_string(versions.back()));
       DWS_ASSIGN_OR_RETURN(Checkpoint snap, Checkpoint::open(options.snapshot_path));
       CreatePatchOptions patch_options = options.patch;
@@ -164,11 +160,7 @@ Result<PublishResult> publish(Store& store, const std::string& checkpoint_path, 
   // Move the snapshot to the new version: a version without a delta is seeded from the checkpoint
   // itself, not downloaded again; otherwise the pull applies the delta just published.
   if (!m.base_version) seed_snapshot(store, cp, options.snapshot_path, m, options.patch.threads);
-  PullOptions po;
-  po.version = m.version;
-  po.threads = options.patch.threads;
-  po.auth = options.auth;
-  auto pulled = pull(store, options.snapshot_path, po);
+  auto pulled = pull_snapshot(store, options.snapshot_path, m.version, options.patch.threads, options.auth);
   if (!pulled.ok()) return pulled.status().with_context("publish: version " + std::to_string(m.version) + " committed, but updating the snapshot failed");
   return result;
 }

@@ -92,6 +92,15 @@ Status download_verified(Store& store, const VersionFile& f, const std::string& 
   return st;
 }
 
+Result<PullResult> pull_snapshot(Store& store, const std::string& snapshot_path, uint64_t version, size_t threads,
+                                 const AuthKey* auth) {
+  PullOptions po;
+  po.version = version;
+  po.threads = threads;
+  po.auth = auth;
+  return pull(store, snapshot_path, po);
+}
+
 std::vector<std::pair<std::string, std::string>> checkpoint_files(const Checkpoint& cp) {
   std::vector<std::pair<std::string, std::string>> out;
   if (!cp.is_directory()) {

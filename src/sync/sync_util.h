@@ -47,6 +47,11 @@ Status write_sidecar(const std::string& local_path, const Store& store, uint64_t
 // Moves a complete checkpoint at `from` (file or directory) to `to`, replacing what is there atomically.
 Status replace_checkpoint(const std::string& from, const std::string& to);
 
+// Brings a publisher's snapshot at `snapshot_path` to `version` with pull (every digest checked; O(changes)
+// from the version before, rebuilt from an anchor when missing). Callers add their context to an error.
+Result<PullResult> pull_snapshot(Store& store, const std::string& snapshot_path, uint64_t version, size_t threads,
+                                 const AuthKey* auth);
+
 // Downloads a version's file and checks its size and XXH3 against the manifest (E_PAYLOAD_HASH), and
 // with `auth` its SHA-256 (E_AUTH); the file is removed on failure.
 Status download_verified(Store& store, const VersionFile& f, const std::string& path, const AuthKey* auth);

@@ -386,11 +386,7 @@ Result<PublishResult> publish_part(Store& store, const std::string& checkpoint_p
         return make_error(ErrorCode::kInvalidArgument, "publish: version " + std::to_string(versions.back()) + " was published by " +
                                                            std::to_string(latest.writers) + " writer(s), not " + std::to_string(k));
       }
-      PullOptions po;
-      po.version = versions.back();
-      po.threads = options.patch.threads;
-      po.auth = options.auth;
-      auto pulled = pull(store, options.snapshot_path, po);
+      auto pulled = pull_snapshot(store, options.snapshot_path, versions.back(), options.patch.threads, options.auth);
       if (!pulled.ok()) return pulled.status().with_context("publish: bringing the snapshot " + options.snapshot_path + " to version " + std::to_string(versions.back()));
       DWS_ASSIGN_OR_RETURN(Checkpoint snap, Checkpoint::open(options.snapshot_path + "/" + shard_name));
       CreatePatchOptions patch_options = options.patch;
