@@ -66,6 +66,11 @@ void check(const Status& st) {
   if (!st.ok()) die(st);
 }
 
+// Keeps the first failure of a section that reports failures instead of dying.
+void keep_first(Status& first, Status st) {
+  if (!st.ok() && first.ok()) first = std::move(st);
+}
+
 // All tensors of a checkpoint in one device allocation, each at a 256-byte-aligned offset.
 struct DeviceModel {
   gpu::DeviceBuffer buffer;
@@ -238,7 +243,7 @@ int run_gpu_bench(const std::string& sims, int runs, const std::string& json_pat
       TensorDigests base_digests;
       std::vector<TrackedTensorChanges> tracked;
       Status st;  // the first failure of a timed call
-      auto keep = [&](Status s) { if (!s.ok() && st.ok()) st = std::move(s); };
+      auto keep = [&](Status s) { keep_first(st, std::move(s)); };
       const double t_track = median_of(runs, [&] {
         auto r = tracker.take(named_target, nullptr);
         if (r.ok()) tracked = std::move(*r); else keep(r.status());
@@ -277,7 +282,7 @@ int run_gpu_bench(const std::string& sims, int runs, const std::string& json_pat
       Status st;
       const double t_gpu = median_of(runs, [&] {
         auto r = encoder.encode(changes, nullptr);
-        if (r.ok()) gpu_payloads = std::move(*r); else if (st.ok()) st = r.status();
+        if (r.ok()) gpu_payloads = std::move(*r); else keep_first(st, r.status());
       });
       cpu_encode_s = median_of(runs, [&] {
         check(gpu::Differ::to_host(changes, host_changes, nullptr));
@@ -290,8 +295,8 @@ int run_gpu_bench(const std::string& sims, int runs, const std::string& json_pat
       if (st.ok() && gpu_payloads != cpu_payloads) {
         size_t t = 0;
         while (t < cpu_payloads.size() && t < gpu_payloads.size() && gpu_payloads[t] == cpu_payloads[t]) ++t;
-        st = make_error(ErrorCode::kInternal, "NativeEncoder's payload of tensor " + std::to_string(t) +
-                                                  " differs from the CPU encoder's for the same changes");
+        keep_first(st, make_error(ErrorCode::kInternal, "NativeEncoder's payload of tensor " + std::to_string(t) +
+                                                  " differs from the CPU encoder's for the same changes"));
       }
       if (st.ok()) {
         gpu_encode_s = t_gpu;

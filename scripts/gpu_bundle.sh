@@ -25,9 +25,11 @@ if [ -z "$DEVPY" ]; then
 fi
 if [ -n "$DEVPY" ] && [ -d .devlibs/python/dws ]; then
   DB=build-device-py
-  if [ ! -x "$DB/venv/bin/python" ] || ! "$DB/venv/bin/python" -c "import nanobind; assert nanobind.__version__ == '3.1.0'" 2>/dev/null; then
+  # The nanobind of $B's build (scripts/setup.sh pins it), so both modules come from the same binding code.
+  NB=$("$(sed -n 's/^DWS_PYTHON:FILEPATH=//p' "$B/CMakeCache.txt")" -c 'import nanobind; print(nanobind.__version__)')
+  if [ ! -x "$DB/venv/bin/python" ] || ! "$DB/venv/bin/python" -c "import nanobind; assert nanobind.__version__ == '$NB'" 2>/dev/null; then
     "$DEVPY" -m venv "$DB/venv"
-    "$DB/venv/bin/pip" install -q --disable-pip-version-check nanobind==3.1.0
+    "$DB/venv/bin/pip" install -q --disable-pip-version-check "nanobind==$NB"
   fi
   cmake -S . -B "$DB" -DCMAKE_BUILD_TYPE=Release -DDWS_BUILD_TESTS=OFF -DDWS_BUILD_BENCH=OFF -DDWS_PYTHON_MODULE=ON \
     -DDWS_PYTHON="$PWD/$DB/venv/bin/python" >/dev/null
