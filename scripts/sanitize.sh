@@ -4,7 +4,8 @@
 #   bash scripts/sanitize.sh asan   ASan+UBSan (+ libFuzzer coverage) build of everything in build-asan/:
 #                                   the whole ctest suite (SeaweedFS and interop tests included), then
 #                                   the fuzz targets' regression inputs and a short fuzz run (fuzz/run.sh,
-#                                   DWS_FUZZ_SECONDS per target, default 30). scripts/test.sh runs this.
+#                                   DWS_FUZZ_SECONDS per target, default 30, one target per core).
+#                                   scripts/test.sh runs this.
 #   bash scripts/sanitize.sh tsan   ThreadSanitizer build in build-tsan/ of the suites that run threads:
 #                                   diff/hash/encode pools, crash-safe apply, publish/pull/follow and the
 #                                   notification listener, several writers, the S3 driver's parallel parts.
@@ -29,7 +30,8 @@ case "$MODE" in
     cmake --build "$B" -j "$(nproc)"
     export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=1}"
     (cd "$B" && DWS_REQUIRE_S3=1 ctest -j "$(nproc)" --output-on-failure --timeout 1800)
-    DWS_FUZZ_BUILD="$B" bash fuzz/run.sh "${DWS_FUZZ_SECONDS:-30}"
+    # One target per core: each still gets DWS_FUZZ_SECONDS of its own core.
+    DWS_FUZZ_BUILD="$B" DWS_FUZZ_PARALLEL="${DWS_FUZZ_PARALLEL:-$(nproc)}" bash fuzz/run.sh "${DWS_FUZZ_SECONDS:-30}"
     ;;
   tsan)
     B=build-tsan

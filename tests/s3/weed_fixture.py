@@ -60,7 +60,9 @@ def launch(d, ports):
     proc = subprocess.Popen([weed, "server", "-dir=" + os.path.join(d, "data"), "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                              f"-master.port={master}", f"-volume.port={volume}", "-filer", f"-filer.port={filer}",
                              "-s3", f"-s3.port={s3}", "-s3.config=" + os.path.join(d, "s3.json"),
-                             "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=0", "-master.volumeSizeLimitMB=64"],
+                             "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=0", "-master.volumeSizeLimitMB=64",
+                             # One master: a restarted one need not wait the default 10 s election timeout.
+                             "-master.electionTimeout=1s"],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     with open(os.path.join(d, "pid"), "w") as f:
         f.write(str(proc.pid))
