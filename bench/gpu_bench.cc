@@ -243,30 +243,29 @@ int run_gpu_bench(const std::string& sims, int runs, const std::string& json_pat
       TensorDigests base_digests;
       std::vector<TrackedTensorChanges> tracked;
       Status st;  // the first failure of a timed call
-      auto keep = [&](Status s) { keep_first(st, std::move(s)); };
       const double t_track = median_of(runs, [&] {
         auto r = tracker.take(named_target, nullptr);
-        if (r.ok()) tracked = std::move(*r); else keep(r.status());
+        if (r.ok()) tracked = std::move(*r); else keep_first(st, r.status());
       }, [&] {
         auto r = tracker.reset(named_base, nullptr);
-        if (r.ok()) base_digests = std::move(*r); else keep(r.status());
+        if (r.ok()) base_digests = std::move(*r); else keep_first(st, r.status());
       });
       const std::string tracked_path = work + "/tracked.dwsp";
-      if (st.ok()) keep(create_patch_from_changes(base.layout(), base_digests, tracked, tracked_path, {}).status());
+      if (st.ok()) keep_first(st, create_patch_from_changes(base.layout(), base_digests, tracked, tracked_path, {}).status());
       if (st.ok()) {
         track_s = t_track;
         const Patch tracked_patch = must(Patch::open(tracked_path));
         const double t_apply = median_of(runs, [&] {
           TensorDigests digests = base_digests;
-          keep(gpu::apply_patch_to_device_tensors(tracked_patch, named_scratch, digests, nullptr).status());
+          keep_first(st, gpu::apply_patch_to_device_tensors(tracked_patch, named_scratch, digests, nullptr).status());
         }, reset);
         for (size_t i = 0; st.ok() && i < target.tensors().size(); ++i) {
           auto want = target.bytes(target.tensors()[i]);
           std::vector<std::byte> have(want.size());
           check(gpu::copy(have.data(), d_scratch.tensors[i].data, want.size(), nullptr));
           if (std::memcmp(have.data(), want.data(), want.size()) != 0) {
-            keep(make_error(ErrorCode::kTargetMismatch, "the device tracker's patch, applied on the device, did not reproduce tensor '" +
-                                                            target.tensors()[i].name + "' of the target"));
+            keep_first(st, make_error(ErrorCode::kTargetMismatch, "the device tracker's patch, applied on the device, did not reproduce tensor '" +
+                                                                  target.tensors()[i].name + "' of the target"));
           }
         }
         if (st.ok()) dev_apply_s = t_apply;

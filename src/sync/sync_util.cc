@@ -6,6 +6,7 @@
 
 #include <fcntl.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <random>
 
